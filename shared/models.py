@@ -1,0 +1,253 @@
+"""Database tables (SQLAlchemy 2.0 typed models). Alembic owns the schema: see ``migrations/``."""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Enum,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    Uuid,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+# Stable constraint names, so migrations can refer to them on both PostgreSQL and SQLite.
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+JsonType = JSON().with_variant(JSONB(), "postgresql")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+def _enum(cls: type[enum.Enum]) -> Enum:
+    # Stored as VARCHAR with a CHECK on both backends: adding a state is a plain migration.
+    return Enum(cls, native_enum=False, length=16, values_callable=lambda e: [m.value for m in e])
+
+
+class JobStatus(enum.StrEnum):
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelling = "cancelling"
+    cancelled = "cancelled"
+
+
+class DocumentStatus(enum.StrEnum):
+    pending = "pending"
+    done = "done"
+    failed = "failed"
+    skipped = "skipped"  # the job was cancelled before the document was processed
+
+
+class ChunkStatus(enum.StrEnum):
+    queued = "queued"
+    running = "running"
+    done = "done"
+    cancelled = "cancelled"
+
+
+class RunStatus(enum.StrEnum):
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+
+
+class VersionStatus(enum.StrEnum):
+    candidate = "candidate"
+    active = "active"
+    retired = "retired"
+
+
+class ApiKeyScope(enum.StrEnum):
+    predict = "predict"
+    jobs = "jobs"
+    train = "train"
+    admin = "admin"
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), default="")
+    prefix: Mapped[str] = mapped_column(String(16), unique=True)  # shown to operators, not secret
+    key_hash: Mapped[str] = mapped_column(String(128))
+    scope: Mapped[ApiKeyScope] = mapped_column(_enum(ApiKeyScope))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ModelVersion(Base):
+    __tablename__ = "model_versions"
+    __table_args__ = (
+        # Exactly one active version: a partial unique index on both backends.
+        Index(
+            "uq_model_versions_one_active",
+            "status",
+            unique=True,
+            postgresql_where=text("status = 'active'"),
+            sqlite_where=text("status = 'active'"),
+        ),
+    )
+
+    version: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    status: Mapped[VersionStatus] = mapped_column(_enum(VersionStatus), default=VersionStatus.candidate)
+    path: Mapped[str] = mapped_column(Text)  # the artifact folder (or fsspec URL)
+    base_model: Mapped[str] = mapped_column(Text, default="")
+    data_hash: Mapped[str] = mapped_column(String(64), default="")
+    data_ref: Mapped[dict[str, Any]] = mapped_column(JsonType, default=dict)
+    params: Mapped[dict[str, Any]] = mapped_column(JsonType, default=dict)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JsonType, default=dict)
+    labels: Mapped[list[str]] = mapped_column(JsonType, default=list)
+    val_f1: Mapped[float | None] = mapped_column(Float)
+    test_f1: Mapped[float | None] = mapped_column(Float)
+    training_run_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("training_runs.id", ondelete="SET NULL")
+    )
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    activated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    __table_args__ = (
+        Index("ix_jobs_status_created", "status", "created_at"),
+        # A retried submission with the same Idempotency-Key returns the job it created first.
+        UniqueConstraint("api_key_id", "idempotency_key", name="uq_jobs_idempotency"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    status: Mapped[JobStatus] = mapped_column(_enum(JobStatus), default=JobStatus.queued)
+    # The version pinned at submission; NULL while serving NER_MODEL, whose reference is model_ref.
+    model_version: Mapped[int | None] = mapped_column(
+        ForeignKey("model_versions.version", ondelete="RESTRICT")
+    )
+    model_ref: Mapped[str] = mapped_column(Text, default="")
+    total: Mapped[int] = mapped_column(Integer, default=0)
+    done: Mapped[int] = mapped_column(Integer, default=0)
+    failed: Mapped[int] = mapped_column(Integer, default=0)
+    total_chars: Mapped[int] = mapped_column(BigInteger, default=0)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
+    api_key_id: Mapped[int | None] = mapped_column(ForeignKey("api_keys.id", ondelete="SET NULL"))
+    request_id: Mapped[str | None] = mapped_column(String(100))
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), index=True)
+
+
+class JobDocument(Base):
+    """One input document; its result lives in ``job_results`` under the same (job, seq)."""
+
+    __tablename__ = "job_documents"
+
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)  # order within the job
+    client_id: Mapped[str] = mapped_column(Text)
+    text: Mapped[str] = mapped_column(Text)
+
+
+class JobResult(Base):
+    """Upserted by (job, seq), so a re-delivered chunk cannot create a second row."""
+
+    __tablename__ = "job_results"
+
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    status: Mapped[DocumentStatus] = mapped_column(_enum(DocumentStatus))
+    entities: Mapped[list[dict[str, Any]]] = mapped_column(JsonType, default=list)
+    error: Mapped[str | None] = mapped_column(Text)
+    model_version: Mapped[int | None] = mapped_column(Integer)
+    processed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class JobChunk(Base):
+    """A contiguous range of a job's documents, processed by one Celery task."""
+
+    __tablename__ = "job_chunks"
+
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    seq_start: Mapped[int] = mapped_column(Integer)
+    seq_end: Mapped[int] = mapped_column(Integer)  # exclusive
+    chars: Mapped[int] = mapped_column(BigInteger, default=0)
+    status: Mapped[ChunkStatus] = mapped_column(_enum(ChunkStatus), default=ChunkStatus.queued)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+
+
+class TrainingRun(Base):
+    __tablename__ = "training_runs"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    status: Mapped[RunStatus] = mapped_column(_enum(RunStatus), default=RunStatus.queued)
+    params: Mapped[dict[str, Any]] = mapped_column(JsonType, default=dict)  # hyperparameters
+    data: Mapped[dict[str, Any]] = mapped_column(JsonType, default=dict)  # train/validation/test refs
+    base_model: Mapped[str] = mapped_column(Text, default="")
+    step: Mapped[int] = mapped_column(Integer, default=0)
+    total_steps: Mapped[int] = mapped_column(Integer, default=0)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    error: Mapped[str | None] = mapped_column(Text)
+    test_metrics: Mapped[dict[str, Any]] = mapped_column(JsonType, default=dict)
+    checkpoint_dir: Mapped[str | None] = mapped_column(Text)
+    model_version: Mapped[int | None] = mapped_column(Integer)
+    promoted: Mapped[bool | None] = mapped_column(Boolean)
+    api_key_id: Mapped[int | None] = mapped_column(ForeignKey("api_keys.id", ondelete="SET NULL"))
+    request_id: Mapped[str | None] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    epochs: Mapped[list[TrainingEpoch]] = relationship(
+        back_populates="run", order_by="TrainingEpoch.epoch", cascade="all, delete-orphan"
+    )
+
+
+class TrainingEpoch(Base):
+    __tablename__ = "training_epochs"
+
+    run_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("training_runs.id", ondelete="CASCADE"), primary_key=True
+    )
+    epoch: Mapped[int] = mapped_column(Integer, primary_key=True)
+    train_loss: Mapped[float | None] = mapped_column(Float)
+    val_loss: Mapped[float | None] = mapped_column(Float)
+    precision: Mapped[float | None] = mapped_column(Float)
+    recall: Mapped[float | None] = mapped_column(Float)
+    f1: Mapped[float | None] = mapped_column(Float)
+    accuracy: Mapped[float | None] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    run: Mapped[TrainingRun] = relationship(back_populates="epochs")

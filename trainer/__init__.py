@@ -1,0 +1,1 @@
+"""The training worker: data readers, losses, the training loop, evaluation and publishing."""

@@ -1,0 +1,69 @@
+"""Reading CoNLL column files (IOB1 or IOB2) into sentences with IOB2 tags."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class DataError(ValueError):
+    """Bad training data; the message names the file and line."""
+
+
+@dataclass(frozen=True)
+class Sentence:
+    tokens: list[str]
+    tags: list[str]  # IOB2
+
+
+def iob1_to_iob2(tags: list[str]) -> list[str]:
+    """IOB1 starts an entity with I- unless it follows one of the same type; IOB2 always uses B-."""
+    out = []
+    previous = "O"
+    for tag in tags:
+        if tag.startswith("I-") and (previous == "O" or previous[2:] != tag[2:]):
+            tag = "B-" + tag[2:]
+        out.append(tag)
+        previous = tag
+    return out
+
+
+def _check_tag(tag: str, where: str) -> None:
+    if tag != "O" and not (len(tag) > 2 and tag[:2] in ("B-", "I-")):
+        raise DataError(f"{where}: tag {tag!r} is not IOB (expected O, B-TYPE or I-TYPE)")
+
+
+def iter_conll(path: str | Path) -> Iterator[Sentence]:
+    """Sentences of a CoNLL file: token first, tag last, blank lines between, -DOCSTART- skipped."""
+    path = Path(path)
+    tokens: list[str] = []
+    tags: list[str] = []
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            line = line.rstrip("\r\n")
+            if not line.strip():
+                if tokens:
+                    yield Sentence(tokens, iob1_to_iob2(tags))
+                    tokens, tags = [], []
+                continue
+            columns = line.split()
+            if columns[0] == "-DOCSTART-":
+                continue
+            if len(columns) < 2:
+                raise DataError(f"{path}:{number}: expected 'token ... tag', got {line!r}")
+            _check_tag(columns[-1], f"{path}:{number}")
+            tokens.append(columns[0])
+            tags.append(columns[-1])
+    if tokens:
+        yield Sentence(tokens, iob1_to_iob2(tags))
+
+
+def read_conll(path: str | Path, limit: int | None = None) -> list[Sentence]:
+    """The first ``limit`` sentences of a CoNLL file (all when ``limit`` is None)."""
+    sentences = []
+    for sentence in iter_conll(path):
+        if limit is not None and len(sentences) >= limit:
+            break
+        sentences.append(sentence)
+    return sentences

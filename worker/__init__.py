@@ -1,0 +1,1 @@
+"""The inference worker: Celery tasks that run the NER engine over bulk job documents."""
