@@ -38,3 +38,17 @@ format: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .ner test-artifacts .pytest_cache .ruff_cache
+
+# Gateway vs a pipeline-per-request app, raw engine vs the hardware ceiling, int8 (docs/benchmarks.md).
+bench-predict: $(STAMP)
+	$(BIN)/python -m bench.predict
+
+# A 10,000-document job end to end vs the raw engine and a pipeline loop; gateway memory while
+# ingesting a 1,000,000-line upload. Needs PostgreSQL on 127.0.0.1:5432 (a private database).
+bench-jobs: $(STAMP)
+	$(BIN)/python -m bench.jobs
+
+# Default recipe on full CoNLL-2003 (3 epochs, CPU), the four losses, throughput vs the HF Trainer.
+# Hours on 2 shared cores; `$(BIN)/python -m bench.train --only default` runs one part.
+bench-train: $(STAMP)
+	$(BIN)/python -m bench.train

@@ -7,18 +7,26 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from gateway.routers import health
+from gateway import prediction
+from gateway.middleware import RequestContextMiddleware
+from gateway.openapi import document_errors
+from gateway.routers import health, jobs, metrics, models, predict, train, ui
 from shared.config import get_settings
+from shared.logging import configure_logging
 
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    # The model loads in a background thread: the app answers /healthz (and 503s) meanwhile.
+    prediction.start(app, get_settings())
     yield
+    await prediction.stop(app)
 
 
 def create_app() -> FastAPI:
     """Build the FastAPI app with every router; settings are validated here, loudly."""
-    get_settings()
+    settings = get_settings()
+    configure_logging(component="gateway", level=settings.log_level, fmt=settings.log_format)
     app = FastAPI(
         title="NER service",
         summary="Named-entity recognition: synchronous predict, bulk jobs, retraining, model registry.",
@@ -26,4 +34,13 @@ def create_app() -> FastAPI:
         lifespan=lifespan,
     )
     app.include_router(health.router)
+    app.include_router(predict.router)
+    app.include_router(jobs.router)
+    app.include_router(train.router)
+    app.include_router(models.router)
+    app.include_router(metrics.router)
+    app.include_router(ui.router)  # the web UI at / and /static: open without a key
+    # Request id, access log and HTTP metrics for every request (added last: outermost).
+    app.add_middleware(RequestContextMiddleware)
+    document_errors(app)  # 400/401/403/422/429 as they really are, in the OpenAPI document
     return app

@@ -41,6 +41,17 @@ def configure(app: Celery, settings: Settings) -> None:
         task_send_sent_event=True,
         task_track_started=True,
         timezone="UTC",
+        # An inference process loads its model in worker_process_init (after the fork, so CUDA
+        # starts in the child); Celery's default 4 s to report "up" is far too short for that.
+        worker_proc_alive_timeout=300.0,
+        # `ner worker --beat`: delete expired jobs; a late message is dropped, the next one comes.
+        beat_schedule={
+            "purge-expired-jobs": {
+                "task": "ner.jobs.purge_expired",
+                "schedule": settings.purge_interval_s,
+                "options": {"expires": settings.purge_interval_s},
+            }
+        },
     )
 
 
@@ -52,3 +63,6 @@ def make_celery() -> Celery:
 
 
 celery_app = make_celery()
+
+# Request ids in task headers, JSON worker logs and worker metrics (signal handlers).
+import shared.celery_signals  # noqa: E402, F401

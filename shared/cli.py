@@ -77,6 +77,12 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     if port_is_taken(host, port):
         print(f"ner serve: port {port} on {host} is already in use", file=sys.stderr)
         return 1
+    from shared.metrics import enable_multiprocess, serve_metrics_port
+
+    # Every uvicorn worker (and, on this machine, every Celery worker) counts in one folder;
+    # NER_METRICS_PORT also serves it without a key, for a Prometheus inside the network.
+    enable_multiprocess(settings)
+    serve_metrics_port(settings)
     uvicorn.run(
         "gateway.app:create_app",
         factory=True,
@@ -125,8 +131,21 @@ def cmd_trainer(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_beat(args: argparse.Namespace, settings: Settings) -> int:
+    """Run the periodic schedule alone (exactly one per deployment); its tasks run on workers."""
+    from shared.celery_app import celery_app
+
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    schedule = str(settings.state_dir / "celerybeat-schedule")
+    celery_app.start(["beat", "--loglevel", settings.log_level, "--schedule", schedule])
+    return 0
+
+
 def cmd_flower(args: argparse.Namespace, settings: Settings) -> int:
     """Run Flower, persistent, behind basic auth when NER_FLOWER_PASSWORD is set."""
+    # Flower's own /metrics counts in-process; its samples must not land in the service's
+    # multiprocess folder (which `ner up` hands to every child).
+    os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
     from shared.celery_app import celery_app
 
     settings.state_dir.mkdir(parents=True, exist_ok=True)
@@ -176,6 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     trainer = sub.add_parser("trainer", help="run the training worker (queue 'training')")
     trainer.set_defaults(handler=cmd_trainer)
+
+    beat = sub.add_parser("beat", help="run the periodic clean-up schedule (one per deployment)")
+    beat.set_defaults(handler=cmd_beat)
 
     flower = sub.add_parser("flower", help="run Flower, the Celery monitor")
     flower.add_argument("--port", type=int, help="default: NER_FLOWER_PORT")

@@ -158,6 +158,7 @@ class Job(Base):
     done: Mapped[int] = mapped_column(Integer, default=0)
     failed: Mapped[int] = mapped_column(Integer, default=0)
     total_chars: Mapped[int] = mapped_column(BigInteger, default=0)
+    retention_days: Mapped[int] = mapped_column(Integer, default=30)  # expires_at = finish + this
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
     api_key_id: Mapped[int | None] = mapped_column(ForeignKey("api_keys.id", ondelete="SET NULL"))
     request_id: Mapped[str | None] = mapped_column(String(100))
@@ -166,6 +167,9 @@ class Job(Base):
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), index=True)
+    # Set once every chunk task reached the broker; NULL after a crash or broker outage at submit,
+    # so the workers' watchdog sends them later (the job row is the outbox).
+    dispatched_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class JobDocument(Base):
@@ -197,6 +201,8 @@ class JobChunk(Base):
     """A contiguous range of a job's documents, processed by one Celery task."""
 
     __tablename__ = "job_chunks"
+    # The workers' watchdog looks for running chunks whose heartbeat (updated_at) stopped.
+    __table_args__ = (Index("ix_job_chunks_status_updated", "status", "updated_at"),)
 
     job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
     index: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -205,6 +211,7 @@ class JobChunk(Base):
     chars: Mapped[int] = mapped_column(BigInteger, default=0)
     status: Mapped[ChunkStatus] = mapped_column(_enum(ChunkStatus), default=ChunkStatus.queued)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    claimed_by: Mapped[str | None] = mapped_column(String(64))  # the Celery task id running it
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
 
 

@@ -16,6 +16,9 @@ from shared.db import make_engine, reset_engine
 from tests.support.services import RedisServer, create_database, drop_database
 
 TEST_ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+# Before anything imports torch: OpenMP threads that spin at barriers make small forward passes
+# ~10x slower on the busy shared cores tests run on (see shared/engine/__init__.py).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 @pytest.fixture(scope="session")
@@ -99,3 +102,32 @@ def log_dir() -> Path:
     """Where child processes' logs and screenshots go (kept as CI artefacts)."""
     TEST_ARTIFACTS.mkdir(exist_ok=True)
     return TEST_ARTIFACTS
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir() -> Path:
+    """A real fine-tuned token-classification checkpoint (bundled encoder, ~300 CoNLL sentences).
+
+    Built once and cached under .ner/test-cache/ by a hash of the builder's source.
+    """
+    from tests.support.tiny_model import cached_tiny_model
+
+    return cached_tiny_model(get_settings().conll_dir)
+
+
+@pytest.fixture
+def auth_on(service_env: dict[str, str]) -> Iterator[dict[str, str]]:
+    """``service_env`` with API keys enforced (NER_AUTH=on) for in-process apps; the env to pass to
+    child processes is yielded."""
+    from tests.support.auth import settings_env
+
+    with settings_env({"NER_AUTH": "on"}):
+        yield {**service_env, "NER_AUTH": "on"}
+
+
+@pytest.fixture
+def api_key(service_env: dict[str, str]):  # type: ignore[no-untyped-def]
+    """A factory: ``api_key("jobs")`` creates a real key with that scope and returns its plaintext."""
+    from tests.support.auth import create_key
+
+    return create_key

@@ -113,7 +113,8 @@ def test_bad_setting_stops_start_up_with_one_line(variable: str, value: str, mes
 
 
 def test_db_upgrade_command_migrates_sqlite(tmp_path: Path) -> None:
-    result = _ner("db", "upgrade", env={"NER_STATE_DIR": str(tmp_path)})
+    # NER_DATABASE_URL emptied: an earlier test's service_env may have put Postgres in os.environ.
+    result = _ner("db", "upgrade", env={"NER_STATE_DIR": str(tmp_path), "NER_DATABASE_URL": ""})
     assert result.returncode == 0, result.stderr
     assert _tables(f"sqlite:///{tmp_path / 'ner.db'}") == TABLES
 

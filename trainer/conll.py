@@ -34,17 +34,22 @@ def _check_tag(tag: str, where: str) -> None:
         raise DataError(f"{where}: tag {tag!r} is not IOB (expected O, B-TYPE or I-TYPE)")
 
 
-def iter_conll(path: str | Path) -> Iterator[Sentence]:
-    """Sentences of a CoNLL file: token first, tag last, blank lines between, -DOCSTART- skipped."""
+def iter_conll_lines(path: str | Path) -> Iterator[tuple[Sentence, int]]:
+    """Sentences of a CoNLL file with the line number of each sentence's first token.
+
+    Token first, tag last, any number of columns between, blank lines between sentences,
+    ``-DOCSTART-`` lines skipped.
+    """
     path = Path(path)
     tokens: list[str] = []
     tags: list[str] = []
+    first_line = 0
     with path.open(encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):
             line = line.rstrip("\r\n")
             if not line.strip():
                 if tokens:
-                    yield Sentence(tokens, iob1_to_iob2(tags))
+                    yield Sentence(tokens, iob1_to_iob2(tags)), first_line
                     tokens, tags = [], []
                 continue
             columns = line.split()
@@ -53,10 +58,18 @@ def iter_conll(path: str | Path) -> Iterator[Sentence]:
             if len(columns) < 2:
                 raise DataError(f"{path}:{number}: expected 'token ... tag', got {line!r}")
             _check_tag(columns[-1], f"{path}:{number}")
+            if not tokens:
+                first_line = number
             tokens.append(columns[0])
             tags.append(columns[-1])
     if tokens:
-        yield Sentence(tokens, iob1_to_iob2(tags))
+        yield Sentence(tokens, iob1_to_iob2(tags)), first_line
+
+
+def iter_conll(path: str | Path) -> Iterator[Sentence]:
+    """Sentences of a CoNLL file: token first, tag last, blank lines between, -DOCSTART- skipped."""
+    for sentence, _ in iter_conll_lines(path):
+        yield sentence
 
 
 def read_conll(path: str | Path, limit: int | None = None) -> list[Sentence]:

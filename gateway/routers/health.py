@@ -33,6 +33,8 @@ def readyz(
         checks["broker"] = "ok"
     except (redis.RedisError, OSError) as exc:
         checks["broker"] = f"error: {type(exc).__name__}"
+    provider = getattr(request.app.state, "model_provider", None)
+    checks["model"] = provider.status() if provider is not None else "not started"
     ready = all(value == "ok" for value in checks.values())
     if not ready:
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE

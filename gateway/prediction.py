@@ -1,0 +1,58 @@
+"""Wiring the model provider and the micro-batcher into the app's lifespan and routes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Annotated
+
+from fastapi import Depends, FastAPI, Request
+
+from gateway.batcher import MicroBatcher
+from gateway.metrics import observe_batch_size
+from shared.config import Settings
+from shared.engine import Entity
+from shared.serving import ModelProvider, ServedModel
+
+Batcher = MicroBatcher[ServedModel, list[Entity]]
+
+
+def predict_with(provider: ModelProvider) -> Callable[[list[str]], tuple[ServedModel, list[list[Entity]]]]:
+    """The batch function: every text of one batch is answered by the same model version."""
+
+    def predict(texts: list[str]) -> tuple[ServedModel, list[list[Entity]]]:
+        served = provider.active()
+        return served, served.engine.predict(texts)
+
+    return predict
+
+
+def start(app: FastAPI, settings: Settings) -> None:
+    """Begin loading the model in the background and start the batcher (inside the running loop)."""
+    provider = ModelProvider(settings)
+    provider.start()
+    batcher: Batcher = MicroBatcher(
+        predict_with(provider),
+        max_batch_size=settings.batch_max_size,
+        max_wait_ms=settings.batch_max_wait_ms,
+        on_batch=observe_batch_size,
+    )
+    batcher.start()
+    app.state.model_provider = provider
+    app.state.batcher = batcher
+
+
+async def stop(app: FastAPI) -> None:
+    await app.state.batcher.stop()
+    app.state.model_provider.stop()
+
+
+def get_batcher(request: Request) -> Batcher:
+    return request.app.state.batcher
+
+
+def get_provider(request: Request) -> ModelProvider:
+    return request.app.state.model_provider
+
+
+BatcherDep = Annotated[Batcher, Depends(get_batcher)]
+ProviderDep = Annotated[ModelProvider, Depends(get_provider)]

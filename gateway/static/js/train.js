@@ -1,0 +1,243 @@
+// "Train": start a training run (data by reference or upload) and watch it epoch by epoch.
+
+import { api, itemsOf } from "./api.js";
+import { epochCharts } from "./chart.js";
+import { scoreRows } from "./models.js";
+import {
+  $,
+  $$,
+  badge,
+  el,
+  fillStats,
+  fmtDate,
+  fmtDuration,
+  fmtNumber,
+  fmtScore,
+  pick,
+  poll,
+  setBusy,
+  setProgress,
+  shortId,
+  shortModelName,
+  showError,
+} from "./util.js";
+
+const ACTIVE = new Set(["queued", "running", "cancelling"]);
+const POLL_MS = 2000;
+const state = { runId: null, poller: null, lastEpochs: -1, lastStatus: null };
+
+const runIdOf = (run) => pick(run, "run_id", "id");
+
+function numberField(id) {
+  const value = $(id).value.trim();
+  return value === "" ? undefined : Number(value);
+}
+
+function textField(id) {
+  const value = $(id).value.trim();
+  return value === "" ? undefined : value;
+}
+
+// The run's settings as the API names them; blanks are left out so the service's defaults apply.
+function params() {
+  const out = {
+    base_model: textField("#train-base"),
+    epochs: numberField("#train-epochs"),
+    loss: $("#train-loss").value,
+    learning_rate: numberField("#train-lr"),
+    batch_size: numberField("#train-batch"),
+    max_length: numberField("#train-max-length"),
+    warmup_ratio: numberField("#train-warmup"),
+    weight_decay: numberField("#train-wd"),
+    seed: numberField("#train-seed"),
+    focal_gamma: numberField("#train-gamma"),
+    mom_lambda: numberField("#train-lambda"),
+  };
+  return Object.fromEntries(Object.entries(out).filter(([, v]) => v !== undefined));
+}
+
+function sourceOf(form) {
+  return form.querySelector('input[name="train-source"]:checked').value;
+}
+
+function toggleSource(form) {
+  const source = sourceOf(form);
+  for (const box of $$("[data-source]", form)) box.hidden = box.dataset.source !== source;
+}
+
+// Uploaded files go to POST /train/uploads first; the run then references the stored paths.
+async function dataOf(form) {
+  const data = {};
+  for (const split of ["train", "validation", "test"]) {
+    if (sourceOf(form) === "path") {
+      const ref = textField(`#train-${split}`);
+      if (ref) data[split] = ref;
+      continue;
+    }
+    const file = $(`#train-${split}-file`).files[0];
+    if (!file) continue;
+    const body = new FormData();
+    body.append("file", file, file.name);
+    const stored = await api("/train/uploads", { method: "POST", body });
+    data[split] = stored.path;
+  }
+  // Sent even without a train reference: the API names what is missing.
+  return data;
+}
+
+async function submit(event) {
+  event.preventDefault();
+  const form = event.currentTarget;
+  const errorBox = $("#train-form-error");
+  showError(errorBox, null);
+  setBusy($("#train-submit"), $("#train-submit-busy"), true);
+  try {
+    const created = await api("/train", { method: "POST", json: { data: await dataOf(form), ...params() } });
+    await refreshRuns();
+    openRun(runIdOf(created));
+  } catch (error) {
+    showError(errorBox, error);
+  } finally {
+    setBusy($("#train-submit"), $("#train-submit-busy"), false);
+  }
+}
+
+// ---- runs list ------------------------------------------------------------------------------
+
+async function refreshRuns() {
+  const errorBox = $("#runs-error");
+  try {
+    const page = await api("/train", { query: { limit: 10 } });
+    $("#runs-table tbody").replaceChildren(
+      ...itemsOf(page).map((run) => {
+        const id = runIdOf(run);
+        const status = el("span", {});
+        badge(status, run.status);
+        const epochs = Array.isArray(run.epochs) ? run.epochs.length : pick(run, "epochs_done");
+        return el(
+          "tr",
+          { dataset: { runId: id }, class: id === state.runId ? "selected" : "", onclick: () => openRun(id) },
+          el("td", {}, fmtDate(pick(run, "created_at", "started_at"))),
+          el("td", {}, el("code", { title: id }, shortId(id))),
+          el("td", {}, status),
+          el("td", { class: "num" }, epochs ?? "–"),
+          el("td", {}, run.model_version ? `v${run.model_version}` : "–"),
+        );
+      }),
+    );
+    showError(errorBox, null);
+  } catch (error) {
+    // Listing runs is optional for watching one: say why it is empty, keep the rest working.
+    showError(errorBox, error);
+  }
+}
+
+// ---- one run --------------------------------------------------------------------------------
+
+function renderRun(run) {
+  badge($("#run-status"), run.status);
+  const step = pick(run, "step") ?? 0;
+  const total = pick(run, "total_steps", "total") ?? 0;
+  const fraction = pick(run, "progress");
+  const percent = run.status === "succeeded" ? 100 : fraction !== undefined ? 100 * fraction : total ? (100 * step) / total : 0;
+  setProgress($("#run-progress"), percent, total ? `step ${fmtNumber(step)} of ${fmtNumber(total)} · ${Math.floor(percent)}%` : run.status);
+  $("#run-progress").dataset.status = run.status;
+  const epochs = run.epochs || [];
+  const version = run.model_version;
+  const eta = pick(run, "eta_seconds", "eta_s", "eta");
+  fillStats($("#run-stats"), [
+    ["Epochs done", `${epochs.length}${pick(run.params || {}, "epochs") ? ` of ${run.params.epochs}` : ""}`],
+    ["ETA", ACTIVE.has(run.status) ? (typeof eta === "string" ? eta : fmtDuration(eta)) : "–"],
+    ["Base model", el("span", { title: run.base_model || "" }, shortModelName(run.base_model))],
+    ["Loss", pick(run.params || {}, "loss") ?? "–"],
+    ["Started", fmtDate(pick(run, "started_at", "created_at"))],
+    ["Finished", fmtDate(pick(run, "finished_at"))],
+    [
+      "Published",
+      version
+        ? el("a", { href: "#models", dataset: { version } }, `version ${version}${run.promoted === true ? " (promoted)" : run.promoted === false ? " (candidate)" : ""}`)
+        : "–",
+    ],
+  ]);
+  const failure = run.error ? Object.assign(new Error(`Run ${run.status}: ${run.error}`), { name: "ApiError" }) : null;
+  showError($("#run-error"), failure);
+  $("#run-cancel").disabled = !ACTIVE.has(run.status);
+
+  const test = run.test_metrics || {};
+  $("#run-test").hidden = !test.per_type;
+  if (test.per_type) {
+    $("#run-test-overall").textContent = `overall: precision ${fmtScore(test.precision)} · recall ${fmtScore(test.recall)} · F1 ${fmtScore(test.f1)}`;
+    $("#run-test-table tbody").replaceChildren(...scoreRows(test));
+  }
+
+  if (epochs.length !== state.lastEpochs) {
+    state.lastEpochs = epochs.length;
+    $("#run-charts").replaceChildren(...epochCharts(epochs, pick(run.params || {}, "epochs")));
+    $("#run-epochs tbody").replaceChildren(
+      ...epochs.map((e) =>
+        el(
+          "tr",
+          {},
+          el("td", { class: "num" }, e.epoch),
+          el("td", { class: "num" }, fmtScore(e.train_loss)),
+          el("td", { class: "num" }, fmtScore(e.val_loss)),
+          el("td", { class: "num" }, fmtScore(e.precision)),
+          el("td", { class: "num" }, fmtScore(e.recall)),
+          el("td", { class: "num" }, fmtScore(e.f1)),
+          el("td", { class: "num" }, fmtScore(e.accuracy)),
+        ),
+      ),
+    );
+  }
+}
+
+export function openRun(runId) {
+  if (!runId) return;
+  state.poller?.stop();
+  Object.assign(state, { runId, lastEpochs: -1, lastStatus: null });
+  $("#run-id").textContent = runId;
+  $("#run-view").hidden = false;
+  for (const row of $$("#runs-table tbody tr")) row.classList.toggle("selected", row.dataset.runId === runId);
+  state.poller = poll(
+    async () => {
+      if (state.runId !== runId) return false;
+      const run = await api(`/train/${encodeURIComponent(runId)}`);
+      if (state.runId !== runId) return false;
+      renderRun(run);
+      const active = ACTIVE.has(run.status);
+      if (state.lastStatus && ACTIVE.has(state.lastStatus) && !active) refreshRuns();
+      state.lastStatus = run.status;
+      return active;
+    },
+    POLL_MS,
+    (error) => showError($("#run-error"), error),
+  );
+}
+
+async function cancelRun() {
+  try {
+    await api(`/train/${encodeURIComponent(state.runId)}/cancel`, { method: "POST" });
+    openRun(state.runId);
+  } catch (error) {
+    showError($("#run-error"), error);
+  }
+}
+
+export function init() {
+  const form = $("#train-form");
+  form.addEventListener("submit", submit);
+  form.addEventListener("change", (event) => {
+    if (event.target.name === "train-source") toggleSource(form);
+  });
+  $("#runs-refresh").addEventListener("click", refreshRuns);
+  $("#run-cancel").addEventListener("click", cancelRun);
+  $("#run-open").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const id = $("#run-open-id").value.trim();
+    if (id) openRun(id);
+  });
+}
+
+export function show() {
+  refreshRuns();
+}

@@ -1,0 +1,61 @@
+"""Sending chunk tasks to the broker, after the job's transaction committed."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Iterable
+
+import kombu.exceptions
+import redis
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from shared.jobs.lifecycle import utcnow
+from shared.models import ChunkStatus, Job, JobChunk
+
+log = logging.getLogger(__name__)
+
+PROCESS_CHUNK = "ner.jobs.process_chunk"
+# A broker that does not answer at once is left to the watchdog: the submission is already safe.
+PUBLISH_RETRY = {"max_retries": 2, "interval_start": 0.1, "interval_step": 0.2, "interval_max": 0.5}
+BROKER_ERRORS = (kombu.exceptions.OperationalError, redis.RedisError, OSError)
+
+
+def send_chunks(job_id: uuid.UUID, indexes: Iterable[int]) -> int:
+    """Publish one ``process_chunk`` task per chunk index over one connection; raises on broker errors."""
+    from shared.celery_app import celery_app
+
+    sent = 0
+    with celery_app.producer_or_acquire() as producer:
+        for index in indexes:
+            celery_app.send_task(
+                PROCESS_CHUNK,
+                args=[str(job_id), index],
+                producer=producer,
+                retry=True,
+                retry_policy=PUBLISH_RETRY,
+            )
+            sent += 1
+    return sent
+
+
+def dispatch_job(*, session: Session, job_id: uuid.UUID) -> bool:
+    """Send a task for each queued chunk and mark the job dispatched; False if the broker is down.
+
+    A job that is not dispatched stays safe in the database; the workers' watchdog sends it later.
+    """
+    indexes = session.scalars(
+        select(JobChunk.index)
+        .where(JobChunk.job_id == job_id, JobChunk.status == ChunkStatus.queued)
+        .order_by(JobChunk.index)
+    ).all()
+    session.rollback()  # no transaction (and no lock) stays open while publishing
+    try:
+        send_chunks(job_id, indexes)
+    except BROKER_ERRORS as exc:
+        log.warning("job %s: the broker is unavailable (%s); the watchdog will send its chunks", job_id, exc)
+        return False
+    session.execute(update(Job).where(Job.id == job_id).values(dispatched_at=utcnow()))
+    session.commit()
+    return True

@@ -1,0 +1,182 @@
+"""Keeping jobs moving and the database small: the workers' watchdog and the retention purge."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from shared.config import Settings
+from shared.db import session_scope
+from shared.jobs import lifecycle
+from shared.jobs.dispatch import BROKER_ERRORS, send_chunks
+from shared.models import ChunkStatus, Job, JobChunk, JobDocument, JobResult
+
+log = logging.getLogger(__name__)
+
+WATCHDOG_BATCH = 100
+PURGE_JOBS_PER_RUN = 100
+
+Sender = Callable[[uuid.UUID, Iterable[int]], int]
+
+
+@dataclass
+class WatchdogReport:
+    dispatched_jobs: int = 0
+    requeued_chunks: int = 0
+
+
+def _skip_locked(session: Session) -> dict[str, bool]:
+    return {"skip_locked": True} if session.get_bind().dialect.name == "postgresql" else {}
+
+
+def dispatch_stragglers(*, session: Session, older_than: datetime, send: Sender = send_chunks) -> int:
+    """Send the chunks of committed jobs whose tasks never reached the broker (outbox)."""
+    job_ids = session.scalars(
+        select(Job.id)
+        .where(Job.dispatched_at.is_(None), Job.status.in_(lifecycle.ACTIVE), Job.created_at < older_than)
+        .order_by(Job.created_at)
+        .limit(WATCHDOG_BATCH)
+    ).all()
+    session.rollback()
+    dispatched = 0
+    for job_id in job_ids:
+        # The row lock keeps two watchdogs from sending the same job twice.
+        job = session.scalar(
+            select(Job)
+            .where(Job.id == job_id, Job.dispatched_at.is_(None))
+            .with_for_update(**_skip_locked(session))
+        )
+        if job is None:
+            session.rollback()
+            continue
+        indexes = session.scalars(
+            select(JobChunk.index)
+            .where(JobChunk.job_id == job_id, JobChunk.status == ChunkStatus.queued)
+            .order_by(JobChunk.index)
+        ).all()
+        try:
+            send(job_id, indexes)
+        except BROKER_ERRORS as exc:
+            session.rollback()
+            log.warning("watchdog: broker unavailable (%s); job %s stays undispatched", exc, job_id)
+            return dispatched
+        job.dispatched_at = lifecycle.utcnow()
+        session.commit()
+        dispatched += 1
+        log.info(
+            "watchdog: sent %d chunk(s) of job %s, which had not reached the broker", len(indexes), job_id
+        )
+    return dispatched
+
+
+def requeue_stalled_chunks(
+    *,
+    session: Session,
+    stale_before: datetime,
+    exclude: frozenset[tuple[uuid.UUID, int]] = frozenset(),
+    send: Sender = send_chunks,
+) -> int:
+    """Send again the running chunks whose heartbeat stopped (their worker died)."""
+    candidates = session.execute(
+        select(JobChunk.job_id, JobChunk.index)
+        .where(JobChunk.status == ChunkStatus.running, JobChunk.updated_at < stale_before)
+        .limit(WATCHDOG_BATCH)
+    ).all()
+    session.rollback()
+    requeued = 0
+    for job_id, index in candidates:
+        if (job_id, index) in exclude:
+            continue
+        job = lifecycle.lock_job(session, job_id)
+        chunk = session.scalar(
+            select(JobChunk)
+            .where(
+                JobChunk.job_id == job_id,
+                JobChunk.index == index,
+                JobChunk.status == ChunkStatus.running,
+                JobChunk.updated_at < stale_before,
+            )
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        )
+        if job is None or chunk is None:
+            session.rollback()
+            continue
+        now = lifecycle.utcnow()
+        if job.status not in lifecycle.ACTIVE:
+            # A cancelled job's dead chunk is not run again; the job can now finish cancelling.
+            chunk.status = ChunkStatus.cancelled
+            chunk.updated_at = now
+            lifecycle.finalize_job(session=session, job_id=job_id, now=now)
+            session.commit()
+            continue
+        chunk.status = ChunkStatus.queued
+        chunk.claimed_by = None
+        chunk.updated_at = now
+        try:
+            # Sent before the commit: if the broker is down the chunk stays stalled and is tried again.
+            send(job_id, [index])
+        except BROKER_ERRORS as exc:
+            session.rollback()
+            log.warning("watchdog: broker unavailable (%s); chunk %s/%d waits", exc, job_id, index)
+            return requeued
+        session.commit()
+        requeued += 1
+        log.warning("watchdog: chunk %d of job %s stalled (worker lost); sent it again", index, job_id)
+    return requeued
+
+
+def run_watchdog(
+    *, settings: Settings, exclude: frozenset[tuple[uuid.UUID, int]] = frozenset(), send: Sender = send_chunks
+) -> WatchdogReport:
+    """One pass: dispatch undispatched jobs, re-send stalled chunks."""
+    now = lifecycle.utcnow()
+    older_than = now - timedelta(seconds=settings.job_stall_timeout_s)
+    report = WatchdogReport()
+    with session_scope() as session:
+        report.dispatched_jobs = dispatch_stragglers(session=session, older_than=older_than, send=send)
+    with session_scope() as session:
+        report.requeued_chunks = requeue_stalled_chunks(
+            session=session, stale_before=older_than, exclude=exclude, send=send
+        )
+    return report
+
+
+def _delete_rows_in_batches(
+    table: type[JobResult] | type[JobDocument], job_id: uuid.UUID, total: int, step: int
+) -> None:
+    for start in range(0, max(total, 1), step):
+        with session_scope() as session:
+            session.execute(
+                delete(table).where(table.job_id == job_id, table.seq >= start, table.seq < start + step)
+            )
+
+
+def purge_expired(
+    *, settings: Settings, now: datetime | None = None, max_jobs: int = PURGE_JOBS_PER_RUN
+) -> int:
+    """Delete finished jobs past their ``expires_at``, each in batches of rows; returns how many."""
+    now = now or lifecycle.utcnow()
+    with session_scope() as session:
+        expired = session.execute(
+            select(Job.id, Job.total)
+            .where(Job.expires_at < now, Job.status.in_(lifecycle.FINISHED))
+            .order_by(Job.expires_at)
+            .limit(max_jobs)
+        ).all()
+    for job_id, total in expired:
+        # Results and documents go in short transactions, so a million-document job never holds
+        # long locks; the job row last, so an interrupted purge is simply resumed next time.
+        _delete_rows_in_batches(JobResult, job_id, total, settings.purge_batch_rows)
+        _delete_rows_in_batches(JobDocument, job_id, total, settings.purge_batch_rows)
+        with session_scope() as session:
+            session.execute(delete(Job).where(Job.id == job_id, Job.status.in_(lifecycle.FINISHED)))
+    if expired:
+        log.info("purged %d expired job(s)", len(expired))
+    return len(expired)

@@ -1,0 +1,458 @@
+"""Training data: CoNLL files or folders, JSONL, or a Hugging Face dataset id, loaded with ``datasets``.
+
+Every source becomes a ``datasets.Dataset`` with the columns ``tokens``, ``tags`` (IOB2 strings) and
+``origin`` (``file:line`` of the sentence, so later checks can still name where a tag came from).
+Local files are read by a generator into Arrow files on disk (memory-mapped), so a corpus larger than
+memory streams through. Every check runs while reading, before any training step; a bad line stops
+the run with a :class:`DataError` naming the file and line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import datasets
+import pyarrow.compute as pc
+
+from trainer.conll import DataError, _check_tag, iob1_to_iob2, iter_conll_lines
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "validation", "test")
+FEATURES = datasets.Features(
+    {
+        "tokens": datasets.Sequence(datasets.Value("string")),
+        "tags": datasets.Sequence(datasets.Value("string")),
+        "origin": datasets.Value("string"),
+    }
+)
+JSONL_SUFFIXES = {".jsonl", ".json", ".ndjson"}
+# Bump when a reader changes what it yields, so cached Arrow files of older readers are not reused.
+READER_VERSION = "1"
+
+# File names that say which split a file of a folder holds (eng.train, dev.conll, test.jsonl, ...).
+_SPLIT_PATTERNS = {
+    "train": re.compile(r"(^|[._-])train([._-]|$)"),
+    "validation": re.compile(r"(^|[._-])(dev|valid|validation|val|testa)([._-]|$)"),
+    "test": re.compile(r"(^|[._-])(test|testb)([._-]|$)"),
+}
+# Words of a JSONL ``text``: runs of word characters or single other non-space characters, as a
+# BERT pre-tokenizer splits them.
+_WORD = re.compile(r"\w+|[^\w\s]")
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Where a run's data comes from: one reference per split, or one folder / hub id for all."""
+
+    train: str
+    validation: str | None = None
+    test: str | None = None
+
+    @classmethod
+    def parse(cls, value: str | Mapping[str, Any]) -> DataSpec:
+        if isinstance(value, str):
+            return cls(train=value)
+        unknown = set(value) - set(SPLITS)
+        if unknown:
+            raise DataError(f"data: unknown split(s) {sorted(unknown)}; expected {list(SPLITS)}")
+        if not value.get("train"):
+            raise DataError("data: 'train' is required")
+        return cls(**{key: value.get(key) for key in SPLITS})
+
+    def as_dict(self) -> dict[str, str]:
+        return {key: ref for key in SPLITS if (ref := getattr(self, key))}
+
+
+@dataclass
+class LoadedData:
+    """The splits of a run, ready for encoding, and what the model card needs to know about them."""
+
+    splits: datasets.DatasetDict
+    labels: list[str]
+    data_hash: str
+    sources: dict[str, str]
+    validation_split_from_train: bool = False
+    label_counts: dict[str, int] = field(default_factory=dict)
+
+    def sentences(self, split: str) -> int:
+        return len(self.splits[split]) if split in self.splits else 0
+
+
+# --- references -----------------------------------------------------------------------------------
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+_DATA_SUFFIXES = {".conll", ".conllu", ".txt", ".iob", ".bio", ".tsv", ".jsonl", ".json", ".ndjson"}
+
+
+def _check_inside(ref: str, path: Path, roots: Sequence[Path] | None) -> None:
+    if roots is not None and not any(path == root or path.is_relative_to(root) for root in roots):
+        allowed = ", ".join(str(root) for root in roots)
+        raise DataError(f"{ref}: path is outside the allowed data folders (NER_DATA_ROOTS: {allowed})")
+
+
+def resolve_local(ref: str, *, roots: Sequence[Path] | None) -> Path | None:
+    """The local file or folder ``ref`` names, checked against ``roots``; None for a hub dataset id.
+
+    Relative references are looked up under each root (uploads are referenced that way).
+    ``roots=None`` allows any path, relative to the working directory (the ``ner train`` command,
+    run by the user on their own files).
+    """
+    if ref.startswith("hf:"):
+        return None
+    raw = Path(ref).expanduser()
+    if raw.is_absolute():
+        candidates = [raw]
+    elif roots is None:
+        candidates = [Path.cwd() / raw]
+    else:
+        candidates = [root / raw for root in roots]
+    # resolve() follows symlinks and '..', so neither can leave the allowed folders.
+    resolved = [candidate.resolve() for candidate in candidates]
+    for path in resolved:
+        if path.exists():
+            _check_inside(ref, path, roots)
+            return path
+    if resolved:
+        _check_inside(ref, resolved[0], roots)  # outside the roots is the more useful message
+    if raw.is_absolute() or ref.startswith((".", "~")) or raw.suffix.lower() in _DATA_SUFFIXES:
+        raise DataError(f"{ref}: no such file or folder")
+    if _HUB_ID.match(ref):
+        return None
+    raise DataError(f"{ref}: no such file or folder, and not a Hugging Face dataset id")
+
+
+def check_references(spec: DataSpec, *, roots: Sequence[Path] | None) -> None:
+    """Cheap checks a request can be refused on: paths exist and lie inside the allowed folders."""
+    for key, ref in spec.as_dict().items():
+        try:
+            resolve_local(ref, roots=roots)
+        except DataError as exc:
+            raise DataError(f"data.{key}: {exc}") from None
+
+
+def split_files(folder: Path) -> dict[str, Path]:
+    """The train / validation / test files of a folder, recognised by their names."""
+    found: dict[str, list[Path]] = {key: [] for key in SPLITS}
+    for path in sorted(folder.iterdir()):
+        if not path.is_file() or path.name.startswith(".") or path.suffix.lower() in {".md", ".txt~"}:
+            continue
+        name = path.name.lower()
+        for key, pattern in _SPLIT_PATTERNS.items():
+            if pattern.search(name):
+                found[key].append(path)
+                break
+    for key, paths in found.items():
+        if len(paths) > 1:
+            raise DataError(f"{folder}: several files look like the {key} split: {[p.name for p in paths]}")
+    if not found["train"]:
+        raise DataError(
+            f"{folder}: no training file (expected a name like train.conll, eng.train, train.jsonl)"
+        )
+    return {key: paths[0] for key, paths in found.items() if paths}
+
+
+# --- readers --------------------------------------------------------------------------------------
+
+
+def _is_jsonl(path: Path) -> bool:
+    if path.suffix.lower() in JSONL_SUFFIXES:
+        return True
+    with path.open(encoding="utf-8", errors="replace") as handle:
+        for line in handle:
+            if line.strip():
+                return line.lstrip().startswith("{")
+    return False
+
+
+def _words_with_offsets(text: str) -> list[tuple[str, int, int]]:
+    return [(m.group(), m.start(), m.end()) for m in _WORD.finditer(text)]
+
+
+def _tags_from_entities(text: str, entities: Any, where: str) -> tuple[list[str], list[str]]:
+    """Words of ``text`` and their IOB2 tags from character spans; spans must cover whole words."""
+    if not isinstance(entities, list):
+        raise DataError(f"{where}: 'entities' must be a list of {{start, end, label}}")
+    words = _words_with_offsets(text)
+    tags = ["O"] * len(words)
+    starts = {start: i for i, (_, start, _) in enumerate(words)}
+    ends = {end: i for i, (_, _, end) in enumerate(words)}
+    for entity in sorted(entities, key=lambda e: e.get("start", 0) if isinstance(e, dict) else 0):
+        if not isinstance(entity, dict) or not {"start", "end", "label"} <= set(entity):
+            raise DataError(f"{where}: each entity needs 'start', 'end' and 'label', got {entity!r}")
+        start, end, label = entity["start"], entity["end"], entity["label"]
+        if not (isinstance(start, int) and isinstance(end, int) and 0 <= start < end <= len(text)):
+            raise DataError(
+                f"{where}: entity {entity!r} is not a span of the text (0 <= start < end <= {len(text)})"
+            )
+        if not isinstance(label, str) or not label or label == "O" or label[:2] in ("B-", "I-"):
+            raise DataError(f"{where}: entity label {label!r} must be a bare type such as PER")
+        first, last = starts.get(start), ends.get(end)
+        if first is None or last is None:
+            raise DataError(
+                f"{where}: entity {text[start:end]!r} [{start}:{end}] "
+                "does not start and end on word boundaries"
+            )
+        if any(tag != "O" for tag in tags[first : last + 1]):
+            raise DataError(f"{where}: entity {text[start:end]!r} [{start}:{end}] overlaps another entity")
+        tags[first : last + 1] = [f"B-{label}"] + [f"I-{label}"] * (last - first)
+    return [word for word, _, _ in words], tags
+
+
+def iter_jsonl(path: Path) -> Iterator[tuple[list[str], list[str], int]]:
+    """(tokens, IOB2 tags, line) of a JSONL file in either the tokens/tags or the text/entities shape."""
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{number}"
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{where}: not valid JSON ({exc.msg})") from None
+            if not isinstance(record, dict):
+                raise DataError(f"{where}: expected a JSON object")
+            if "tokens" in record:
+                tokens, tags = record.get("tokens"), record.get("tags")
+                if not isinstance(tokens, list) or not isinstance(tags, list):
+                    raise DataError(f"{where}: 'tokens' and 'tags' must both be lists")
+                if len(tokens) != len(tags):
+                    raise DataError(f"{where}: {len(tokens)} tokens but {len(tags)} tags")
+                if not all(isinstance(t, str) and t.strip() for t in tokens):
+                    raise DataError(f"{where}: every token must be a non-empty string")
+                for tag in tags:
+                    if not isinstance(tag, str):
+                        raise DataError(
+                            f"{where}: tag {tag!r} is not a string (expected O, B-TYPE or I-TYPE)"
+                        )
+                    _check_tag(tag, where)
+                tags = iob1_to_iob2(tags)
+            elif "text" in record:
+                if not isinstance(record["text"], str):
+                    raise DataError(f"{where}: 'text' must be a string")
+                tokens, tags = _tags_from_entities(record["text"], record.get("entities", []), where)
+            else:
+                raise DataError(f"{where}: expected keys 'tokens' and 'tags', or 'text' and 'entities'")
+            if tokens:
+                yield tokens, tags, number
+
+
+def iter_file(path: Path) -> Iterator[dict[str, Any]]:
+    """Rows of one local file, CoNLL or JSONL."""
+    try:
+        if _is_jsonl(path):
+            for tokens, tags, number in iter_jsonl(path):
+                yield {"tokens": tokens, "tags": tags, "origin": f"{path}:{number}"}
+        else:
+            for sentence, number in iter_conll_lines(path):
+                yield {"tokens": sentence.tokens, "tags": sentence.tags, "origin": f"{path}:{number}"}
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: not UTF-8 text ({exc.reason})") from None
+
+
+def _generate(paths: list[str], fingerprint: str) -> Iterator[dict[str, Any]]:
+    # ``fingerprint`` is unused here; it is part of the arguments so that datasets' cache key
+    # changes with the files' content.
+    del fingerprint
+    for path in paths:
+        yield from iter_file(Path(path))
+
+
+def file_hash(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_local(path: Path, *, cache_dir: Path | None) -> tuple[datasets.Dataset, str]:
+    """One local file as a Dataset (Arrow on disk) and the sha256 of its content."""
+    if next(iter_file(path), None) is None:
+        raise DataError(f"{path}: no sentences found (empty dataset)")
+    content_hash = file_hash(path)
+    fingerprint = hashlib.sha256(f"{READER_VERSION}:{path}:{content_hash}".encode()).hexdigest()[:32]
+    try:
+        dataset = datasets.Dataset.from_generator(
+            _generate,
+            features=FEATURES,
+            gen_kwargs={"paths": [str(path)], "fingerprint": fingerprint},
+            cache_dir=str(cache_dir) if cache_dir else None,
+            fingerprint=fingerprint,
+        )
+    except Exception as exc:  # datasets wraps the reader's error; surface the DataError itself
+        cause: BaseException | None = exc
+        while cause is not None and not isinstance(cause, DataError):
+            cause = cause.__cause__ or cause.__context__
+        if isinstance(cause, DataError):
+            raise DataError(str(cause)) from None
+        raise
+    return dataset, content_hash
+
+
+# --- Hugging Face Hub -----------------------------------------------------------------------------
+
+
+def _hub_split_name(names: Sequence[str], key: str) -> str | None:
+    aliases = {"train": ["train"], "validation": ["validation", "valid", "dev"], "test": ["test"]}[key]
+    return next((name for name in aliases if name in names), None)
+
+
+def _hub_to_rows(dataset: datasets.Dataset, where: str) -> datasets.Dataset:
+    """A hub split mapped to tokens / IOB2 string tags / origin, checking every tag."""
+    columns = dataset.column_names
+    tokens_col = next((c for c in ("tokens", "words") if c in columns), None)
+    tags_col = next((c for c in ("ner_tags", "tags", "labels") if c in columns), None)
+    if tokens_col is None or tags_col is None:
+        raise DataError(f"{where}: expected a tokens column and a ner_tags column, found {columns}")
+    feature = dataset.features[tags_col]
+    inner = getattr(feature, "feature", None)
+    names = list(inner.names) if isinstance(inner, datasets.ClassLabel) else None
+
+    def convert(batch: dict[str, list[Any]], indices: list[int]) -> dict[str, list[Any]]:
+        out_tags = []
+        for index, tags in zip(indices, batch[tags_col], strict=True):
+            tags = [names[t] if names is not None else str(t) for t in tags]
+            for tag in tags:
+                _check_tag(tag, f"{where}, row {index + 1}")
+            out_tags.append(iob1_to_iob2(tags))
+        return {
+            "tokens": batch[tokens_col],
+            "tags": out_tags,
+            "origin": [f"{where}, row {index + 1}" for index in indices],
+        }
+
+    return dataset.map(convert, batched=True, with_indices=True, remove_columns=columns, features=FEATURES)
+
+
+def read_hub(dataset_id: str, *, cache_dir: Path | None) -> tuple[dict[str, datasets.Dataset], str]:
+    """The splits of a Hugging Face dataset (needs the hub, or its files in the local cache)."""
+    name = dataset_id.removeprefix("hf:").removeprefix("//datasets/")
+    try:
+        loaded = datasets.load_dataset(name, cache_dir=str(cache_dir) if cache_dir else None)
+    except Exception as exc:  # offline, unknown id, gated: all the same to the user
+        raise DataError(
+            f"{dataset_id}: not a local file or folder, and loading it as a Hugging Face dataset failed "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+        ) from None
+    out = {}
+    for key in SPLITS:
+        split = _hub_split_name(list(loaded), key)
+        if split is not None:
+            out[key] = _hub_to_rows(loaded[split], f"{name} [{split}]")
+    if "train" not in out:
+        raise DataError(f"{dataset_id}: the dataset has no train split (splits: {list(loaded)})")
+    fingerprint = hashlib.sha256(
+        ("|".join(f"{k}:{v._fingerprint}" for k, v in sorted(out.items()))).encode()
+    ).hexdigest()
+    return out, fingerprint
+
+
+# --- loading a run's data -------------------------------------------------------------------------
+
+
+def label_list(types: set[str]) -> list[str]:
+    """O first, then B-/I- pairs per type in alphabetical order: a stable order for the model head."""
+    return ["O"] + [f"{prefix}-{kind}" for kind in sorted(types) for prefix in ("B", "I")]
+
+
+def tag_counts(dataset: datasets.Dataset) -> dict[str, int]:
+    """How often each tag occurs (computed by Arrow, without Python loops over tokens)."""
+    table = dataset.with_format("arrow")[:]  # zero-copy unless the split is a view through indices
+    flat = pc.list_flatten(table.column("tags"))
+    counts = pc.value_counts(flat)
+    return {item["values"].as_py(): item["counts"].as_py() for item in counts}
+
+
+def load_data(
+    spec: DataSpec,
+    *,
+    roots: Sequence[Path] | None,
+    cache_dir: Path | None = None,
+    validation_fraction: float = 0.1,
+    seed: int = 42,
+) -> LoadedData:
+    """Read and check every split of ``spec``; the label set comes from the data."""
+    splits: dict[str, datasets.Dataset] = {}
+    hashes: list[str] = []
+    sources: dict[str, str] = {}
+    for key, ref in spec.as_dict().items():
+        path = resolve_local(ref, roots=roots)
+        if path is None:
+            hub_splits, fingerprint = read_hub(ref, cache_dir=cache_dir)
+            hashes.append(f"hub:{ref}:{fingerprint}")
+            if key == "train":
+                # A hub id for train brings its own validation/test unless given separately.
+                for hub_key, dataset in hub_splits.items():
+                    if hub_key == "train" or getattr(spec, hub_key) is None:
+                        splits[hub_key] = dataset
+                        sources[hub_key] = f"{ref} [{hub_key}]"
+            else:
+                splits[key] = hub_splits.get(key) or hub_splits["train"]
+                sources[key] = ref
+            continue
+        if path.is_dir():
+            files = split_files(path)
+            if key != "train":
+                files = {key: files.get(key) or files["train"]}
+            for file_key, file_path in files.items():
+                if file_key != key and getattr(spec, file_key) is not None:
+                    continue  # given explicitly; the explicit reference wins
+                splits[file_key], digest = read_local(file_path, cache_dir=cache_dir)
+                hashes.append(f"{file_key}:{digest}")
+                sources[file_key] = str(file_path)
+        else:
+            splits[key], digest = read_local(path, cache_dir=cache_dir)
+            hashes.append(f"{key}:{digest}")
+            sources[key] = str(path)
+
+    from_train = False
+    if "validation" not in splits:
+        if len(splits["train"]) < 2:
+            raise DataError(f"{sources['train']}: too few sentences to hold out a validation split")
+        parts = splits["train"].train_test_split(test_size=validation_fraction, seed=seed)
+        splits["train"], splits["validation"] = parts["train"], parts["test"]
+        sources["validation"] = f"{validation_fraction:.0%} of {sources['train']} (seed {seed})"
+        from_train = True
+        hashes.append(f"split:{validation_fraction}:{seed}")
+
+    counts: dict[str, int] = {}
+    types: set[str] = set()
+    for key, dataset in splits.items():
+        split_counts = tag_counts(dataset)
+        types |= {tag[2:] for tag in split_counts if tag != "O"}
+        if key == "train":
+            counts = split_counts
+    if not any(tag != "O" for tag in counts):
+        raise DataError(f"{sources['train']}: no entity tags in the training data (only O)")
+    data_hash = hashlib.sha256("\n".join(sorted(hashes)).encode()).hexdigest()
+    return LoadedData(
+        splits=datasets.DatasetDict(splits),
+        labels=label_list(types),
+        data_hash=data_hash,
+        sources=sources,
+        validation_split_from_train=from_train,
+        label_counts=counts,
+    )
+
+
+def first_origin_of(data: LoadedData, tags: set[str]) -> str:
+    """Where the first sentence using any of ``tags`` is (for an error message)."""
+    for key in SPLITS:
+        if key not in data.splits:
+            continue
+        for batch in data.splits[key].iter(batch_size=1000):
+            for sentence_tags, origin in zip(batch["tags"], batch["origin"], strict=True):
+                found = tags & set(sentence_tags)
+                if found:
+                    return f"{origin}: tag {sorted(found)[0]!r}"
+    return data.sources["train"]

@@ -1,0 +1,73 @@
+"""Hyperparameters of a training run: one definition for ``ner train``, ``POST /train`` and the bench.
+
+No torch imports here: the CLI parser and the gateway read the defaults.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+LOSSES = ("ce", "weighted_ce", "focal", "mom")
+
+
+@dataclass
+class TrainParams:
+    """Hyperparameters of a run (the same for ``ner train`` and ``POST /train``)."""
+
+    epochs: int = 3
+    learning_rate: float = 1e-4
+    batch_size: int = 32
+    max_length: int = 256
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.01
+    seed: int = 42
+    loss: str = "ce"
+    focal_gamma: float = 2.0
+    mom_lambda: float = 1.0
+    label_smoothing: float = 0.0
+    lr_scheduler: str = "linear"
+    case_feature: bool = True
+    bf16: bool | None = None  # None: on where the hardware runs bf16 fast
+    validation_fraction: float = 0.1
+
+    def __post_init__(self) -> None:
+        problems = [
+            message
+            for failed, message in (
+                (self.epochs < 1, f"epochs must be at least 1 (got {self.epochs})"),
+                (
+                    not 0 < self.learning_rate <= 1,
+                    f"learning rate must be in (0, 1] (got {self.learning_rate})",
+                ),
+                (self.batch_size < 1, f"batch size must be at least 1 (got {self.batch_size})"),
+                (
+                    not 8 <= self.max_length <= 512,
+                    f"max length must be 8..512 sub-tokens (got {self.max_length})",
+                ),
+                (
+                    not 0 <= self.warmup_ratio < 1,
+                    f"warm-up must be a fraction in [0, 1) (got {self.warmup_ratio})",
+                ),
+                (self.weight_decay < 0, f"weight decay must not be negative (got {self.weight_decay})"),
+                (self.loss not in LOSSES, f"loss must be one of {', '.join(LOSSES)} (got {self.loss!r})"),
+                (self.focal_gamma < 0, f"focal gamma must not be negative (got {self.focal_gamma})"),
+                (self.mom_lambda < 0, f"MoM lambda must not be negative (got {self.mom_lambda})"),
+                (
+                    not 0 <= self.label_smoothing < 1,
+                    f"label smoothing must be in [0, 1) (got {self.label_smoothing})",
+                ),
+                (not 0 < self.validation_fraction < 1, "validation fraction must be in (0, 1)"),
+            )
+            if failed
+        ]
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainParams:
+        known = {key: value for key, value in values.items() if key in cls.__dataclass_fields__}
+        return cls(**known)

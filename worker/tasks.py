@@ -1,0 +1,81 @@
+"""Celery tasks of the inference queue: job chunks, and the periodic purge of expired jobs."""
+
+from __future__ import annotations
+
+import logging
+import random
+import uuid
+from typing import Any
+
+from billiard.process import current_process
+from celery import Task, signals
+
+from shared.celery_app import INFERENCE_QUEUE, celery_app
+from shared.config import get_settings
+from shared.jobs import maintenance, processing
+from shared.metrics import instrument_chunk_task
+from worker import runtime
+
+log = logging.getLogger(__name__)
+
+# A chunk's task retries database errors for as long as they last (every 30 s at most): giving up
+# would leave the chunk queued with no message to run it. Other errors are not retried.
+DB_BACKOFF_MAX_S = 30.0
+
+
+def db_backoff(retries: int) -> float:
+    """1, 2, 4, ... seconds (capped), with jitter so retrying workers do not return in step."""
+    return min(DB_BACKOFF_MAX_S, 2.0 ** min(retries, 10)) * random.uniform(0.8, 1.2)
+
+
+_serves_inference = True
+
+
+@signals.celeryd_init.connect
+def _note_queues(options: dict[str, Any] | None = None, **_: Any) -> None:
+    """The trainer imports this module too (one app); only inference workers load a model."""
+    global _serves_inference
+    queues = (options or {}).get("queues")
+    if queues:
+        names = queues.split(",") if isinstance(queues, str) else list(queues)
+        _serves_inference = INFERENCE_QUEUE in names
+
+
+@signals.worker_process_init.connect
+def _init_worker_process(**_: Any) -> None:
+    if _serves_inference:
+        runtime.init_process(getattr(current_process(), "index", None))
+
+
+@celery_app.task(
+    name="ner.jobs.process_chunk",
+    bind=True,
+    acks_late=True,
+    # A lost worker is handled by the watchdog (which counts attempts); re-queueing the same
+    # message at once would loop forever on a document that kills the process.
+    reject_on_worker_lost=False,
+    max_retries=None,
+)
+def process_chunk(self: Task, job_id: str, index: int) -> str:
+    """Run the model over one chunk of a job; idempotent, so re-delivery is harmless."""
+    try:
+        return processing.process_chunk(
+            job_id=uuid.UUID(job_id),
+            index=index,
+            token=self.request.id,
+            task=instrument_chunk_task(runtime.runtime().chunk_task()),  # model time and documents
+        )
+    except Exception as exc:
+        if processing.is_transient_db_error(exc):
+            countdown = db_backoff(self.request.retries)
+            log.warning(
+                "chunk %s/%s: database unavailable (%s); retry in %.1fs", job_id, index, exc, countdown
+            )
+            raise self.retry(exc=exc, countdown=countdown) from exc
+        raise
+
+
+@celery_app.task(name="ner.jobs.purge_expired", acks_late=True)
+def purge_expired() -> int:
+    """Delete jobs whose retention ended (beat)."""
+    return maintenance.purge_expired(settings=get_settings())
