@@ -223,6 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Before torch loads in any part: OpenMP threads that spin while waiting slow every process
+    # sharing the cores (measured: one sentence 585 ms instead of 63 ms on busy cores).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     args = build_parser().parse_args(argv)
     try:
         settings = get_settings()
