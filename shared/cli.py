@@ -109,8 +109,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     ]  # fmt: skip
     if args.beat:
         # The periodic clean-up of expired jobs; run beat in exactly one process of a deployment.
-        argv += ["--beat", "--schedule", str(settings.state_dir / "celerybeat-schedule")]
-        settings.state_dir.mkdir(parents=True, exist_ok=True)
+        argv += ["--beat", "--schedule", _beat_schedule(settings)]
     celery_app.worker_main(argv)
     return 0
 
@@ -131,13 +130,17 @@ def cmd_trainer(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _beat_schedule(settings: Settings) -> str:
+    """Where beat keeps its schedule (``ner worker --beat`` and ``ner beat`` share it)."""
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    return str(settings.state_dir / "celerybeat-schedule")
+
+
 def cmd_beat(args: argparse.Namespace, settings: Settings) -> int:
     """Run the periodic schedule alone (exactly one per deployment); its tasks run on workers."""
     from shared.celery_app import celery_app
 
-    settings.state_dir.mkdir(parents=True, exist_ok=True)
-    schedule = str(settings.state_dir / "celerybeat-schedule")
-    celery_app.start(["beat", "--loglevel", settings.log_level, "--schedule", schedule])
+    celery_app.start(["beat", "--loglevel", settings.log_level, "--schedule", _beat_schedule(settings)])
     return 0
 
 
