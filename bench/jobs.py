@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -37,8 +36,10 @@ import psycopg
 
 from shared import migrate
 from shared.config import get_settings
-from shared.embedded_redis import free_port, start_redis
+from shared.embedded_redis import start_redis
 from shared.engine import EngineOptions, NerEngine
+from tests.support.processes import ServiceProcess, start_worker, wait_until
+from tests.support.processes import start_gateway as start_test_gateway
 from trainer.conll import read_conll
 
 REPO = Path(__file__).resolve().parent.parent
@@ -72,46 +73,9 @@ def private_services(state: Path) -> Iterator[dict[str, str]]:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-class Child:
-    """``ner ...`` as a subprocess with its log in the state folder."""
-
-    def __init__(self, name: str, args: list[str], env: dict[str, str], state: Path) -> None:
-        self.log_path = state / f"{name}.log"
-        self._log = self.log_path.open("wb")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "shared.cli", *args],
-            env={**os.environ, **env},
-            cwd=REPO,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    def wait_for(self, predicate, what: str, timeout: float = 600) -> None:  # type: ignore[no-untyped-def]
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if predicate():
-                return
-            if self.process.poll() is not None:
-                raise RuntimeError(f"{what}: the process exited; see {self.log_path}")
-            time.sleep(0.2)
-        raise RuntimeError(f"timed out waiting for {what}; see {self.log_path}")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._log.close()
-
-
-def start_gateway(env: dict[str, str], state: Path) -> tuple[Child, str]:
-    port = free_port()
-    gateway = Child("gateway", ["serve", "--port", str(port)], env, state)
-    url = f"http://127.0.0.1:{port}"
+def start_gateway(env: dict[str, str], state: Path, *, serve_predict: bool) -> tuple[ServiceProcess, str]:
+    """``ner serve``; one that serves /predict is awaited until its model is loaded (no CPU later)."""
+    gateway, url = start_test_gateway({**env, "NER_SERVE_PREDICT": str(serve_predict).lower()}, state, 600)
 
     def ready() -> bool:
         try:
@@ -119,14 +83,8 @@ def start_gateway(env: dict[str, str], state: Path) -> tuple[Child, str]:
         except httpx.HTTPError:
             return False
 
-    gateway.wait_for(ready, "the gateway's /readyz")  # model loaded too: it uses no CPU later
+    wait_until(ready, 600, "the gateway's /readyz", gateway)
     return gateway, url
-
-
-def start_worker(env: dict[str, str], state: Path) -> Child:
-    worker = Child("worker", ["worker"], {**env, "NER_LOG_LEVEL": "INFO"}, state)
-    worker.wait_for(lambda: b" ready." in worker.log_path.read_bytes(), "the worker to be ready")
-    return worker
 
 
 # --- data and in-process baselines ------------------------------------------------------------
@@ -259,7 +217,7 @@ def run_variant(
     documents: list[str],
     env: dict[str, str],
     state: Path,
-    gateway: Child,
+    gateway: ServiceProcess,
     url: str,
 ) -> Variant:
     print(f"[{quantize}] (a) raw engine ...", flush=True)
@@ -267,14 +225,14 @@ def run_variant(
     print(f"    {raw[0].per_s:.1f} docs/s\n[{quantize}] end to end ...", flush=True)
     upload = state / "job.jsonl"
     write_jsonl(upload, documents, len(documents))
-    worker = start_worker({**env, "NER_QUANTIZE": quantize}, state)
+    worker = start_worker({**env, "NER_QUANTIZE": quantize, "NER_LOG_LEVEL": "INFO"}, state, timeout=600)
     try:
         e2e = end_to_end(
             url,
             upload,
             len(documents),
             env["NER_DATABASE_URL"],
-            [gateway.process.pid, *family(worker.process.pid)],
+            [gateway.pid, *family(worker.pid)],
         )
     finally:
         worker.stop()
@@ -295,6 +253,7 @@ def rss_kib(pid: int, field: str) -> int:
 
 @dataclass
 class Ingest:
+    gateway: str
     lines: int
     file_mb: float
     before_mb: float
@@ -302,7 +261,7 @@ class Ingest:
     seconds: float
 
 
-def ingest_memory(url: str, pid: int, path: Path, lines: int) -> Ingest:
+def ingest_memory(gateway: str, url: str, pid: int, path: Path, lines: int) -> Ingest:
     """Upload ``path`` as a job and report the gateway's RSS before and at its peak during ingestion."""
     before = rss_kib(pid, "VmRSS")
     Path(f"/proc/{pid}/clear_refs").write_text("5")  # reset the high-water mark (VmHWM) to now
@@ -327,7 +286,28 @@ def ingest_memory(url: str, pid: int, path: Path, lines: int) -> Ingest:
     assert httpx.get(job_url, timeout=30).json()["total"] == lines
     httpx.post(f"{job_url}/cancel", timeout=30)  # no worker runs here; keep the queue from growing
     high_water = max(rss_kib(pid, "VmHWM"), peak[0])
-    return Ingest(lines, path.stat().st_size / 1e6, before / 1024, high_water / 1024, seconds)
+    return Ingest(gateway, lines, path.stat().st_size / 1e6, before / 1024, high_water / 1024, seconds)
+
+
+GATEWAYS = {"serves /predict (default)": True, "ingest (`NER_SERVE_PREDICT=false`)": False}
+
+
+def measure_ingest(env: dict[str, str], state: Path, documents: list[str], sizes: list[int]) -> list[Ingest]:
+    """Each upload size into each kind of gateway, one gateway process per kind."""
+    paths = {lines: state / f"upload-{lines}.jsonl" for lines in sizes}
+    for lines, path in paths.items():
+        write_jsonl(path, documents, lines)
+    ingests = []
+    for kind, serve_predict in GATEWAYS.items():
+        gateway, url = start_gateway(env, state, serve_predict=serve_predict)
+        try:
+            for lines, path in paths.items():
+                print(f"{kind}: ingesting {lines:,} lines ...", flush=True)
+                ingests.append(ingest_memory(kind, url, gateway.pid, path, lines))
+                print(f"    peak {ingests[-1].peak_mb:.0f} MB", flush=True)
+        finally:
+            gateway.stop()
+    return ingests
 
 
 # --- report ----------------------------------------------------------------------------------
@@ -387,26 +367,30 @@ def report(
     if ingests:
         lines += [
             "",
-            "Gateway memory while ingesting a JSONL upload (one job; RSS of the `ner serve` process, "
-            "which also holds torch and the /predict model; peak = the kernel's high-water mark, reset "
-            "just before the upload):",
+            "Gateway memory while ingesting a JSONL upload (one job; RSS of the `ner serve` process; peak "
+            "= the kernel's high-water mark, reset just before the upload). Two kinds of gateway: the "
+            "default one also serves `/predict/`, so it holds torch and the model; an ingest gateway "
+            "(`NER_SERVE_PREDICT=false`: jobs, training, registry and UI, `/predict*` answers 503) never "
+            "imports torch.",
             "",
-            "| lines | file MB | RSS before MB | peak RSS MB | growth MB | ingest s | lines/s |",
-            "|---:|---:|---:|---:|---:|---:|---:|",
+            "| gateway | lines | file MB | RSS before MB | peak RSS MB | growth MB | ingest s | lines/s |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for ing in ingests:
             lines.append(
-                f"| {ing.lines:,} | {ing.file_mb:.0f} | {ing.before_mb:.0f} | {ing.peak_mb:.0f} | "
-                f"{ing.peak_mb - ing.before_mb:.0f} | {ing.seconds:.1f} | {ing.lines / ing.seconds:,.0f} |"
+                f"| {ing.gateway} | {ing.lines:,} | {ing.file_mb:.0f} | {ing.before_mb:.0f} | "
+                f"{ing.peak_mb:.0f} | {ing.peak_mb - ing.before_mb:.0f} | {ing.seconds:.1f} | "
+                f"{ing.lines / ing.seconds:,.0f} |"
             )
-        growth = [ing.peak_mb - ing.before_mb for ing in ingests]
-        lines += [
-            "",
-            f"Ingesting {ingests[-1].lines:,} lines grew the gateway by at most {max(growth):.0f} MB "
-            f"({min(growth):.0f}-{max(growth):.0f} MB across a {ingests[-1].lines // ingests[0].lines}x "
-            f"range of file sizes: flat); its peak RSS, {ingests[-1].peak_mb:.0f} MB, is what the "
-            "process held before the upload (torch and the /predict model).",
-        ]
+        lines.append("")
+        for kind in dict.fromkeys(ing.gateway for ing in ingests):
+            runs = [ing for ing in ingests if ing.gateway == kind]
+            growth = [ing.peak_mb - ing.before_mb for ing in runs]
+            lines.append(
+                f"- {kind}: ingesting {runs[-1].lines:,} lines peaked at **{runs[-1].peak_mb:.0f} MB** "
+                f"(goal < 300 MB), growth {min(growth):.0f}-{max(growth):.0f} MB across "
+                f"{', '.join(f'{ing.lines:,}' for ing in runs)} lines."
+            )
     return "\n".join(lines)
 
 
@@ -431,22 +415,15 @@ def main(argv: list[str] | None = None) -> int:
             print("(b) pipeline loop ...", flush=True)
             pipe = pipeline_rate(model, documents[: args.pipeline_documents])
             print(f"    {pipe.per_s:.1f} docs/s", flush=True)
-            gateway, url = start_gateway(env, state)
+            gateway, url = start_gateway(env, state, serve_predict=True)
             try:
                 variants = [
                     run_variant(quantize, model, documents, env, state, gateway, url)
                     for quantize in args.precisions
                 ]
-                ingests = []
-                for lines in args.upload_lines:
-                    print(f"ingesting {lines:,} lines ...", flush=True)
-                    path = state / f"upload-{lines}.jsonl"
-                    write_jsonl(path, documents, lines)
-                    ingests.append(ingest_memory(url, gateway.process.pid, path, lines))
-                    path.unlink()
-                    print(f"    peak {ingests[-1].peak_mb:.0f} MB", flush=True)
             finally:
                 gateway.stop()
+            ingests = measure_ingest(env, state, documents, args.upload_lines)
     for variant in variants:
         variant.quantize = "fp32" if variant.quantize == "none" else variant.quantize
     markdown = report(documents, model_note, variants, pipe, ingests)

@@ -32,10 +32,11 @@ from transformers.utils import logging as hf_logging
 
 from bench.report import write_section
 from shared.config import get_settings
-from trainer.data import DataSpec, LoadedData, load_data
+from trainer.data import LoadedData, load_data
 from trainer.encoding import encode_split
 from trainer.metrics import EpochMetrics, format_epoch_table, format_per_type
 from trainer.params import LOSSES, TrainParams
+from trainer.references import DataSpec
 from trainer.training import RunHooks, prepare_run, run_training
 
 OUT = Path(".ner/bench/train")
@@ -141,7 +142,7 @@ def _hf_trainer(
     collator = CountingCollator(DataCollatorForTokenClassification(tokenizer))
     args = TrainingArguments(
         output_dir=str(workdir), per_device_train_batch_size=batch_size, max_steps=steps or -1,
-        num_train_epochs=1, learning_rate=1e-4,
+        num_train_epochs=1, learning_rate=TrainParams.learning_rate,
         report_to="none", save_strategy="no", eval_strategy="no", logging_strategy="no", disable_tqdm=True,
         use_cpu=not torch.cuda.is_available(), seed=42,
     )  # fmt: skip

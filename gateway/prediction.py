@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Annotated
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, HTTPException, Request, status
 
 from gateway.batcher import MicroBatcher
 from gateway.metrics import observe_batch_size
@@ -28,6 +28,9 @@ def predict_with(provider: ModelProvider) -> Callable[[list[str]], tuple[ServedM
 
 def start(app: FastAPI, settings: Settings) -> None:
     """Begin loading the model in the background and start the batcher (inside the running loop)."""
+    app.state.model_provider = app.state.batcher = None
+    if not settings.serve_predict:
+        return
     provider = ModelProvider(settings)
     provider.start()
     batcher: Batcher = MicroBatcher(
@@ -42,17 +45,20 @@ def start(app: FastAPI, settings: Settings) -> None:
 
 
 async def stop(app: FastAPI) -> None:
-    await app.state.batcher.stop()
-    app.state.model_provider.stop()
+    if app.state.batcher is not None:
+        await app.state.batcher.stop()
+        app.state.model_provider.stop()
 
 
 def get_batcher(request: Request) -> Batcher:
-    return request.app.state.batcher
-
-
-def get_provider(request: Request) -> ModelProvider:
-    return request.app.state.model_provider
+    batcher = request.app.state.batcher
+    if batcher is None:
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            detail="this gateway does not serve /predict (NER_SERVE_PREDICT=false); "
+            "send predictions to a gateway that does",
+        )
+    return batcher
 
 
 BatcherDep = Annotated[Batcher, Depends(get_batcher)]
-ProviderDep = Annotated[ModelProvider, Depends(get_provider)]

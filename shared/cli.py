@@ -158,6 +158,9 @@ def cmd_flower(args: argparse.Namespace, settings: Settings) -> int:
         f"--address={settings.host}",
         "--persistent=True",
         f"--db={settings.state_dir / 'flower.db'}",
+        # Flower saves its history on a clean stop; saving periodically too means a killed Flower
+        # (OOM, SIGKILL after a stop timeout) loses at most this interval of task history.
+        f"--state_save_interval={max(1, round(settings.flower_state_save_seconds * 1000))}",
     ]
     if settings.flower_password:
         argv.append(f"--basic-auth={settings.flower_user}:{settings.flower_password}")

@@ -59,6 +59,9 @@ class Settings(BaseSettings):
     # --- gateway -----------------------------------------------------------------------------
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
+    # false: this gateway loads no model and never imports torch (an ingest / API gateway of a few
+    # hundred MB less, for bulk uploads); /predict* answers 503 there.
+    serve_predict: bool = True
     predict_max_chars: int = Field(default=100_000, ge=1)
     predict_batch_max_texts: int = Field(default=256, ge=1)
     batch_max_size: int = Field(default=64, ge=1)  # requests gathered into one model call
@@ -96,6 +99,8 @@ class Settings(BaseSettings):
     flower_port: int = Field(default=5555, ge=1, le=65535)
     flower_user: str = "admin"
     flower_password: str | None = None
+    # Flower (persistent mode) also saves its task history this often, not only on a clean stop.
+    flower_state_save_seconds: float = Field(default=60.0, gt=0, le=86_400)
     rate_limit_per_minute: int = Field(default=600, ge=1)  # per API key, on /predict* and job submission
     rate_limit_burst: int | None = Field(default=None, ge=1)  # bucket size; empty: rate_limit_per_minute
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

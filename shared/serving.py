@@ -14,6 +14,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import redis
 from sqlalchemy.exc import SQLAlchemyError
@@ -21,7 +22,10 @@ from sqlalchemy.orm import Session
 
 from shared import registry
 from shared.config import Settings
-from shared.engine import EngineOptions, ModelLoadError, NerEngine
+from shared.engine.errors import ModelLoadError
+
+if TYPE_CHECKING:
+    from shared.engine import NerEngine
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +80,14 @@ class ServedModel:
         }
 
 
+def _engine_loader(settings: Settings) -> Callable[[str], NerEngine]:
+    """``NerEngine.load`` with the settings' options; torch is imported here, where a model is served."""
+    from shared.engine import EngineOptions, NerEngine
+
+    options = EngineOptions.from_settings(settings)
+    return lambda path: NerEngine.load(path, options)
+
+
 class ModelProvider:
     """Resolves, loads, caches and hot-swaps the served model. Thread-safe."""
 
@@ -89,8 +101,7 @@ class ModelProvider:
     ) -> None:
         self.settings = settings
         self._session_factory = session_factory
-        options = EngineOptions.from_settings(settings)
-        self._loader = loader or (lambda path: NerEngine.load(path, options))
+        self._loader = loader or _engine_loader(settings)
         self._max_cached = max_cached
         self._cache: OrderedDict[str, ServedModel] = OrderedDict()
         self._cache_lock = threading.Lock()

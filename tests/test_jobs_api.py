@@ -15,6 +15,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import redis
 from fastapi.testclient import TestClient
@@ -37,6 +38,7 @@ from shared.models import (
     VersionStatus,
 )
 from tests.support.auth import settings_env
+from tests.support.processes import start_gateway
 from worker.runtime import WorkerRuntime
 
 SENTENCES = [
@@ -607,6 +609,29 @@ def test_watchdog_resends_stalled_chunks_and_undispatched_jobs(client: TestClien
         assert session.get(Job, key, populate_existing=True).dispatched_at is not None
 
 
+def test_watchdog_resends_queued_chunks_when_the_broker_lost_its_data(client: TestClient) -> None:
+    job_id = submit(client, SENTENCES * 2)  # 3 chunks, dispatched: their messages wait in Redis
+    key = uuid.UUID(job_id)
+    sent: list[tuple[uuid.UUID, list[int]]] = []
+
+    def capture(job: uuid.UUID, indexes: Any) -> int:
+        sent.append((job, list(indexes)))
+        return len(sent[-1][1])
+
+    maintenance.run_watchdog(settings=get_settings(), send=capture)  # leaves the marker in Redis
+    sent.clear()
+    report = maintenance.run_watchdog(settings=get_settings(), send=capture)
+    assert report.resent_after_broker_loss == 0 and not [s for s in sent if s[0] == key]
+
+    # What a restart without persistence does: the queue and the marker are gone.
+    redis.Redis.from_url(get_settings().redis_url).delete("inference", maintenance.BROKER_MARKER)
+    report = maintenance.run_watchdog(settings=get_settings(), send=capture)
+    assert (key, [0, 1, 2]) in sent and report.resent_after_broker_loss >= 3
+    sent.clear()
+    maintenance.run_watchdog(settings=get_settings(), send=capture)
+    assert not [s for s in sent if s[0] == key]  # once, not on every pass
+
+
 def test_a_chunk_that_keeps_dying_fails_its_documents(
     client: TestClient, worker_runtime: WorkerRuntime
 ) -> None:
@@ -719,3 +744,26 @@ def test_the_whole_flow_on_sqlite(jobs_env: dict[str, str], tmp_path: Path) -> N
         finally:
             reset_engine()
     reset_engine()
+
+
+def test_an_ingest_only_gateway_takes_jobs_without_loading_torch(
+    jobs_env: dict[str, str], log_dir: Path
+) -> None:
+    """NER_SERVE_PREDICT=false: a real `ner serve` accepts jobs, 503s /predict, and never maps torch."""
+    gateway, url = start_gateway({**jobs_env, "NER_SERVE_PREDICT": "false"}, log_dir)
+    try:
+        accepted = httpx.post(f"{url}/jobs", json={"documents": [{"text": SENTENCES[0]}]}, timeout=30)
+        assert accepted.status_code == 202, accepted.text
+        predicted = httpx.post(f"{url}/predict/", json={"text": SENTENCES[0]}, timeout=30)
+        assert predicted.status_code == 503
+        assert "NER_SERVE_PREDICT" in predicted.json()["detail"]
+        ready = httpx.get(f"{url}/readyz", timeout=30)
+        assert ready.status_code == 200, ready.text
+        assert "model" not in ready.json()["checks"]
+        mapped = Path(f"/proc/{gateway.pid}/maps").read_text()
+        assert "libtorch" not in mapped and "libtorch" in Path("/proc/self/maps").read_text()
+        with session_scope() as session:
+            job = session.get(Job, uuid.UUID(accepted.json()["job_id"]))
+            assert job is not None and job.total == 1
+    finally:
+        gateway.stop()

@@ -6,6 +6,8 @@ Each test ends by counting rows in Postgres: exactly one result per document, co
 
 from __future__ import annotations
 
+import json
+import shutil
 import time
 import uuid
 from collections.abc import Iterator
@@ -48,9 +50,10 @@ class Stack:
             self.worker.stop()
             self.worker = None
 
-    def submit(self, texts: list[str]) -> str:
+    def submit(self, texts: list[str], request_id: str | None = None) -> str:
         documents = [{"id": f"d{i}", "text": text} for i, text in enumerate(texts)]
-        response = httpx.post(f"{self.url}/jobs", json={"documents": documents}, timeout=30)
+        headers = {"X-Request-ID": request_id} if request_id else {}
+        response = httpx.post(f"{self.url}/jobs", json={"documents": documents}, headers=headers, timeout=30)
         assert response.status_code == 202, response.text
         return response.json()["job_id"]
 
@@ -107,6 +110,20 @@ def assert_exactly_one_result_per_document(job_id: str, stack: Stack) -> None:
     assert len(streamed.text.splitlines()) == job.total
 
 
+def task_log_lines(process: ServiceProcess, task_id: str) -> list[dict[str, object]]:
+    """The worker's JSON log lines written while running the task ``task_id``."""
+    entries = []
+    for line in process.log().splitlines():
+        if line.startswith("{"):
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:  # a line cut by the kill, or another process's output
+                continue
+            if entry.get("task_id") == task_id:
+                entries.append(entry)
+    return entries
+
+
 def wait_for_status(job_id: str, status: JobStatus, timeout: float, process: ServiceProcess | None) -> None:
     wait_until(lambda: job_row(job_id).status == status, timeout, f"job {job_id} to be {status}", process)
 
@@ -115,7 +132,9 @@ def test_worker_killed_mid_chunk_is_redelivered(stack: Stack, sentences: list[st
     stack.stop_worker()  # this test decides which worker runs what
     env = {**stack.env, **KILL_ENV}
     doomed = start_worker(env, stack.log_dir)
-    job_id = stack.submit(paragraphs(sentences, 6, 100))  # 3 chunks of ~11,000 characters
+    request_id = f"kill-{uuid.uuid4().hex[:12]}"
+    job_id = stack.submit(paragraphs(sentences, 6, 100), request_id)  # 3 chunks of ~11,000 characters
+    assert job_row(job_id).request_id == request_id
 
     def running_chunk() -> JobChunk | None:
         return next((c for c in chunks(job_id) if c.status == ChunkStatus.running), None)
@@ -139,6 +158,10 @@ def test_worker_killed_mid_chunk_is_redelivered(stack: Stack, sentences: list[st
         redone = {c.index: c for c in chunks(job_id)}[victim.index]
         assert redone.attempts == 2 and redone.claimed_by != victim.claimed_by
         assert "stalled" in rescuer.log()
+        # The watchdog's re-sent task (a new task id) runs under the job's request id, like the rest.
+        resent_lines = task_log_lines(rescuer, redone.claimed_by)
+        assert resent_lines, rescuer.log()[-3000:]
+        assert {entry.get("request_id") for entry in resent_lines} == {request_id}
     finally:
         rescuer.stop()
 
@@ -163,6 +186,28 @@ def test_redis_restarted_mid_job(stack: Stack, sentences: list[str], redis_serve
     assert_exactly_one_result_per_document(job_id, stack)
     wait_for_status(during_outage, JobStatus.succeeded, 120, worker)
     assert_exactly_one_result_per_document(during_outage, stack)
+    # Sent by the watchdog, not the request: its tasks still run under the submission's request id.
+    request_id = job_row(during_outage).request_id
+    assert request_id
+    for chunk in chunks(during_outage):
+        lines = task_log_lines(worker, str(chunk.claimed_by))
+        assert lines and {entry.get("request_id") for entry in lines} == {request_id}, chunk.index
+
+
+def test_redis_restarted_without_its_data_mid_job(
+    stack: Stack, sentences: list[str], redis_server: RedisServer
+) -> None:
+    """A Redis without persistence (or a flushed one) loses the queued chunks' messages."""
+    worker = stack.ensure_worker()
+    job_id = stack.submit(paragraphs(sentences, 16, 50))  # 8 chunks
+    wait_until(lambda: job_row(job_id).done >= DOCS_PER_CHUNK, 120, "the first chunk", worker)
+    assert job_row(job_id).status == JobStatus.running  # the fault comes mid-job
+    redis_server.stop()
+    shutil.rmtree(redis_server.data_dir)  # the append-only file too: every message is gone
+    redis_server.start()
+    wait_for_status(job_id, JobStatus.succeeded, 180, worker)
+    assert_exactly_one_result_per_document(job_id, stack)
+    assert "the broker lost its data" in worker.log()
 
 
 def _set_connections(database: str, allowed: bool) -> None:

@@ -8,6 +8,7 @@ import logging
 import subprocess
 import sys
 import textwrap
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -342,7 +343,10 @@ def test_job_tasks_show_in_flower_and_metrics_with_request_ids_and_no_secrets(
         "NER_METRICS_DIR": str(tmp_path / "metrics"),  # this test's processes only
         "NER_FLOWER_USER": flower_auth[0],
         "NER_FLOWER_PASSWORD": flower_auth[1],
+        # The first Flower's periodic save is a day away: only its clean stop can save its history.
+        "NER_FLOWER_STATE_SAVE_SECONDS": "86400",
     }
+    flower_db = Path(env["NER_STATE_DIR"]) / "flower.db"
     jobs_key, admin_key = api_key("jobs"), api_key("admin")
     marker = f"Zanzibar{uuid.uuid4().hex[:6]}"  # document text that must stay out of Flower and logs
     request_id = f"e2e-{uuid.uuid4().hex[:12]}"
@@ -359,36 +363,80 @@ def test_job_tasks_show_in_flower_and_metrics_with_request_ids_and_no_secrets(
         wait_until(lambda: " ready." in worker.log(), 120, "the worker", worker)
         wait_until(lambda: _answers(f"{base}/readyz"), 120, "the gateway and its model", gateway)
 
-        documents = [
-            {"id": f"d{i}", "text": f"{marker} met Angela Merkel in Berlin ({i})."} for i in range(3)
-        ]
-        submitted = httpx.post(
-            f"{base}/jobs",
-            json={"documents": documents},
-            headers={"X-API-Key": jobs_key, "X-Request-ID": request_id},
-            timeout=30,
-        )
-        assert submitted.status_code == 202, submitted.text
-        assert submitted.headers["X-Request-ID"] == request_id
-        job_id = submitted.json()["job_id"]
+        def submit_and_finish(count: int, rid: str | None = None) -> str:
+            """Submit a job of ``count`` documents (with request id ``rid``) and wait for its end."""
+            documents = [
+                {"id": f"d{i}", "text": f"{marker} met Angela Merkel in Berlin ({i})."} for i in range(count)
+            ]
+            headers = {"X-API-Key": jobs_key, **({"X-Request-ID": rid} if rid else {})}
+            submitted = httpx.post(f"{base}/jobs", json={"documents": documents}, headers=headers, timeout=30)
+            assert submitted.status_code == 202, submitted.text
+            assert rid is None or submitted.headers["X-Request-ID"] == rid
+            job_id = submitted.json()["job_id"]
 
-        def finished() -> bool:
-            view = httpx.get(f"{base}/jobs/{job_id}", headers={"X-API-Key": jobs_key}, timeout=10).json()
-            return view["status"] in ("succeeded", "failed")
+            def finished() -> bool:
+                view = httpx.get(f"{base}/jobs/{job_id}", headers={"X-API-Key": jobs_key}, timeout=10).json()
+                return view["status"] in ("succeeded", "failed")
 
-        wait_until(finished, 120, "the job to finish", gateway)
+            wait_until(finished, 120, "the job to finish", gateway)
+            return job_id
+
+        job_id = submit_and_finish(3, request_id)
 
         # Flower: the job's tasks, readable, without document text; closed without the password.
         assert httpx.get(f"{flower_url}/api/tasks", timeout=10).status_code == 401
 
-        def job_tasks() -> list[dict[str, object]]:
-            tasks = httpx.get(f"{flower_url}/api/tasks", auth=flower_auth, timeout=10).json()
-            return [t for t in tasks.values() if job_id in str(t.get("args")) and t.get("state") == "SUCCESS"]
+        def job_tasks(url: str, job: str) -> dict[str, tuple[object, object, object]]:
+            """The job's finished tasks that Flower at ``url`` lists: id -> (name, args, state)."""
+            tasks = httpx.get(f"{url}/api/tasks", auth=flower_auth, timeout=10).json()
+            return {
+                t["uuid"]: (t["name"], t["args"], t["state"])
+                for t in tasks.values()
+                if job in str(t.get("args")) and t.get("state") == "SUCCESS"
+            }
 
-        wait_until(lambda: bool(job_tasks()), 30, "Flower to list the job's tasks", flower)
+        wait_until(lambda: bool(job_tasks(flower_url, job_id)), 30, "Flower to list the job's tasks", flower)
         tasks_json = httpx.get(f"{flower_url}/api/tasks", auth=flower_auth, timeout=10).text
-        assert {t["name"] for t in job_tasks()} == {"ner.jobs.process_chunk"}
+        first_tasks = job_tasks(flower_url, job_id)
+        assert {name for name, _, _ in first_tasks.values()} == {"ner.jobs.process_chunk"}
         assert marker not in tasks_json and jobs_key not in tasks_json
+
+        # Flower's history survives a restart. A clean stop (SIGTERM, as Compose and Kubernetes
+        # send) saves it: the same tasks, names and arguments are listed by the next Flower.
+        flower.stop()
+        assert flower.process.returncode == 0, flower.log()[-3000:]
+
+        def restart_flower(save_seconds: str) -> tuple[ServiceProcess, str]:
+            port = free_port()
+            argv = ner("flower", "--port", str(port))
+            proc = ServiceProcess(
+                "flower", argv, {**env, "NER_FLOWER_STATE_SAVE_SECONDS": save_seconds}, log_dir
+            )
+            processes.append(proc)
+            url = f"http://127.0.0.1:{port}"
+            wait_until(lambda: _answers(f"{url}/healthcheck"), 120, "Flower's /healthcheck", proc)
+            return proc, url
+
+        flower, flower_url = restart_flower("0.5")
+        assert job_tasks(flower_url, job_id) == first_tasks
+
+        # A killed Flower (SIGKILL: no chance to save) loses at most NER_FLOWER_STATE_SAVE_SECONDS.
+        second_job = submit_and_finish(1)
+        wait_until(
+            lambda: bool(job_tasks(flower_url, second_job)), 30, "Flower to list the second job", flower
+        )
+        second_tasks = job_tasks(flower_url, second_job)
+        seen_at = time.time()
+
+        def saved_since_seen() -> bool:
+            files = [f for f in flower_db.parent.glob(flower_db.name + "*") if ".tmp" not in f.name]
+            return any(f.stat().st_mtime > seen_at for f in files)
+
+        wait_until(saved_since_seen, 10, "Flower's periodic save", flower)
+        flower.kill()
+        flower, flower_url = restart_flower("60")
+        assert job_tasks(flower_url, job_id) == first_tasks
+        assert job_tasks(flower_url, second_job) == second_tasks
 
         # /metrics: the gateway's own counters and, from the shared folder, the worker's.
         scrape = httpx.get(f"{base}/metrics", headers={"Authorization": f"Bearer {admin_key}"}, timeout=10)
@@ -404,17 +452,20 @@ def test_job_tasks_show_in_flower_and_metrics_with_request_ids_and_no_secrets(
         for proc in reversed(processes):
             proc.stop()
 
-    logs = {proc.name: proc.log() for proc in processes}
-    for name, text in logs.items():
+    for proc in processes:
+        text = proc.log()
         for secret in (jobs_key, admin_key, flower_auth[1]):
-            assert secret not in text, f"a secret in the {name} log"
+            assert secret not in text, f"a secret in the {proc.name} log"
+        if proc.name == "flower":
+            assert marker not in text
+    logs = {proc.name: proc.log() for proc in processes if proc.name != "flower"}
     # The request id travels from the gateway's access log into the worker's task log lines.
     gateway_lines = _json_lines(logs["gateway"])
     assert any(e.get("request_id") == request_id and e.get("route") == "/jobs" for e in gateway_lines)
     worker_lines = _json_lines(logs["worker"])
     stamped = [e for e in worker_lines if e.get("request_id") == request_id]
     assert stamped and all(e["task"] == "ner.jobs.process_chunk" for e in stamped)
-    assert marker not in logs["worker"] and marker not in logs["flower"]
+    assert marker not in logs["worker"]
 
 
 def _json_lines(text: str) -> list[dict[str, object]]:

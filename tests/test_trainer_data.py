@@ -9,7 +9,8 @@ import datasets
 import pytest
 
 from trainer.conll import DataError
-from trainer.data import DataSpec, _hub_to_rows, check_references, load_data, split_files
+from trainer.data import _hub_to_rows, load_data
+from trainer.references import DataSpec, check_references, split_files
 
 CONLL_IOB1 = """-DOCSTART- -X- O O
 

@@ -12,10 +12,11 @@ from transformers import AutoModelForTokenClassification, AutoTokenizer
 from shared import casing
 from shared.config import get_settings
 from tests.support.conll_subset import conll_subset, write_conll
-from trainer.data import DataSpec, LoadedData, load_data
+from trainer.data import LoadedData, load_data
 from trainer.metrics import EpochMetrics, format_epoch_table
 from trainer.model import BaseModelError
 from trainer.params import TrainParams
+from trainer.references import DataSpec
 from trainer.training import RunHooks, TrainResult, run_training
 
 pytestmark = pytest.mark.slow

@@ -16,8 +16,8 @@ from shared.config import Settings
 from shared.models import ModelVersion, RunStatus, TrainingRun
 from trainer import service
 from trainer.conll import DataError
-from trainer.data import DataSpec
 from trainer.params import TrainParams
+from trainer.references import DataSpec
 
 log = logging.getLogger(__name__)
 

@@ -70,9 +70,10 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     import transformers
 
     from trainer.conll import DataError
-    from trainer.data import DataSpec, load_data
+    from trainer.data import load_data
     from trainer.metrics import format_confusion, format_epoch_table, format_per_type
     from trainer.publish import write_model_folder_extras
+    from trainer.references import DataSpec
     from trainer.training import RunHooks, run_training
 
     if not (args.train or args.data):

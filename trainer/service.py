@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -12,8 +12,10 @@ from sqlalchemy.orm import Session
 from shared.config import Settings
 from shared.models import RunStatus, TrainingEpoch, TrainingRun
 from trainer.conll import DataError
-from trainer.data import DataSpec, check_references
-from trainer.metrics import EpochMetrics
+from trainer.references import DataSpec, check_references
+
+if TYPE_CHECKING:  # seqeval and torch stay out of the gateway, which imports this module
+    from trainer.metrics import EpochMetrics
 
 TRAIN_TASK = "ner.train.run"
 FINISHED = (RunStatus.succeeded, RunStatus.failed, RunStatus.cancelled)
@@ -47,13 +49,13 @@ def check_base_model(base_model: str, *, settings: Settings) -> None:
     """
     from pathlib import Path
 
-    from trainer.data import _HUB_ID
+    from trainer.references import HUB_ID
 
     if base_model == settings.base_model:
         return
     path = Path(base_model).expanduser()
     local = path.is_absolute() or base_model.startswith((".", "~")) or ".." in path.parts
-    if not local and _HUB_ID.match(base_model) and not path.exists():
+    if not local and HUB_ID.match(base_model) and not path.exists():
         return  # a Hugging Face model id
     resolved = path.resolve()
     allowed = [*allowed_roots(settings), settings.artifacts_dir]

@@ -174,8 +174,9 @@ def _train_and_publish(
     import transformers
 
     from shared import registry
-    from trainer.data import DataSpec, load_data
+    from trainer.data import load_data
     from trainer.publish import publish_version
+    from trainer.references import DataSpec
     from trainer.training import TrainParams, run_training
 
     datasets.disable_progress_bars()

@@ -34,7 +34,10 @@ def readyz(
     except (redis.RedisError, OSError) as exc:
         checks["broker"] = f"error: {type(exc).__name__}"
     provider = getattr(request.app.state, "model_provider", None)
-    checks["model"] = provider.status() if provider is not None else "not started"
+    if provider is not None:
+        checks["model"] = provider.status()
+    elif settings.serve_predict:
+        checks["model"] = "not started"
     ready = all(value == "ok" for value in checks.values())
     if not ready:
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE

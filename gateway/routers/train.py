@@ -17,8 +17,8 @@ from shared.schemas import TrainAccepted, TrainRequest, TrainRunList, TrainRunOu
 from shared.training_status import eta_seconds, progress
 from trainer import service
 from trainer.conll import DataError
-from trainer.data import DataSpec
 from trainer.params import TrainParams
+from trainer.references import DataSpec
 
 router = APIRouter(prefix="/train", tags=["train"])
 

@@ -9,7 +9,26 @@ import os
 # environment).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from shared.engine.engine import EngineOptions, ModelLoadError, NerEngine
-from shared.engine.spans import Entity
+import importlib
+from typing import TYPE_CHECKING, Any
 
+if TYPE_CHECKING:
+    from shared.engine.engine import EngineOptions, NerEngine
+    from shared.engine.errors import ModelLoadError
+    from shared.engine.spans import Entity
+
+# Exported lazily (PEP 562): importing ``Entity`` or ``ModelLoadError`` must not load torch, so a
+# gateway that does not serve /predict (NER_SERVE_PREDICT=false) stays small.
+_EXPORTS = {
+    "EngineOptions": "shared.engine.engine",
+    "NerEngine": "shared.engine.engine",
+    "ModelLoadError": "shared.engine.errors",
+    "Entity": "shared.engine.spans",
+}
 __all__ = ["EngineOptions", "Entity", "ModelLoadError", "NerEngine"]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

@@ -16,6 +16,7 @@ from transformers import AutoModelForTokenClassification, AutoTokenizer
 
 from shared import casing
 from shared.engine.batching import group_by_length
+from shared.engine.errors import ModelLoadError
 from shared.engine.runtime import configure_cpu_threads, pick_device, prepare_model
 from shared.engine.spans import Entity, decode_entities
 from shared.engine.windows import plan_windows
@@ -28,10 +29,6 @@ log = logging.getLogger(__name__)
 # Lone surrogates can arrive through JSON escapes ("\ud800"); the tokenizer cannot encode them.
 # Replacing each by U+FFFD keeps every character offset the same.
 _SURROGATES = re.compile("[\ud800-\udfff]")
-
-
-class ModelLoadError(RuntimeError):
-    """A model folder or hub id that cannot be served; the message says what is wrong."""
 
 
 @dataclass(frozen=True)

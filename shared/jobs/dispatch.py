@@ -12,6 +12,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from shared.jobs.lifecycle import utcnow
+from shared.logging import request_id_var
 from shared.models import ChunkStatus, Job, JobChunk
 
 log = logging.getLogger(__name__)
@@ -22,21 +23,43 @@ PUBLISH_RETRY = {"max_retries": 2, "interval_start": 0.1, "interval_step": 0.2, 
 BROKER_ERRORS = (kombu.exceptions.OperationalError, redis.RedisError, OSError)
 
 
-def send_chunks(job_id: uuid.UUID, indexes: Iterable[int]) -> int:
-    """Publish one ``process_chunk`` task per chunk index over one connection; raises on broker errors."""
+def stored_request_id(job_id: uuid.UUID) -> str | None:
+    """The request id the job was submitted with (None for an unknown job or one without)."""
+    from shared.db import session_scope
+
+    # Its own short session: a caller may hold the job row locked, which a plain read does not wait on.
+    with session_scope() as session:
+        return session.scalar(select(Job.request_id).where(Job.id == job_id))
+
+
+def send_chunks(job_id: uuid.UUID, indexes: Iterable[int], *, request_id: str | None = None) -> int:
+    """Publish one ``process_chunk`` task per chunk index over one connection; raises on broker errors.
+
+    The tasks carry ``request_id``, else the one being served, else the job's stored one.
+    """
     from shared.celery_app import celery_app
 
+    indexes = list(indexes)
+    if not indexes:
+        return 0
+    # The watchdog re-sends chunks outside any request: without the job's own request id their
+    # task logs could not be traced back to the submission (celery_signals stamps the header).
+    request_id = request_id or request_id_var.get() or stored_request_id(job_id)
+    token = request_id_var.set(request_id)
     sent = 0
-    with celery_app.producer_or_acquire() as producer:
-        for index in indexes:
-            celery_app.send_task(
-                PROCESS_CHUNK,
-                args=[str(job_id), index],
-                producer=producer,
-                retry=True,
-                retry_policy=PUBLISH_RETRY,
-            )
-            sent += 1
+    try:
+        with celery_app.producer_or_acquire() as producer:
+            for index in indexes:
+                celery_app.send_task(
+                    PROCESS_CHUNK,
+                    args=[str(job_id), index],
+                    producer=producer,
+                    retry=True,
+                    retry_policy=PUBLISH_RETRY,
+                )
+                sent += 1
+    finally:
+        request_id_var.reset(token)
     return sent
 
 

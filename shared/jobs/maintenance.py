@@ -16,6 +16,7 @@ from shared.db import session_scope
 from shared.jobs import lifecycle
 from shared.jobs.dispatch import BROKER_ERRORS, send_chunks
 from shared.models import ChunkStatus, Job, JobChunk, JobDocument, JobResult
+from shared.ratelimit import redis_client
 
 log = logging.getLogger(__name__)
 
@@ -25,10 +26,16 @@ PURGE_JOBS_PER_RUN = 100
 Sender = Callable[[uuid.UUID, Iterable[int]], int]
 
 
+# A key the watchdog keeps in the broker's Redis. Its absence means the broker lost its data since
+# the last pass (a restart without persistence, a flush), and with it the queued chunks' messages.
+BROKER_MARKER = "ner:watchdog:broker-marker"
+
+
 @dataclass
 class WatchdogReport:
     dispatched_jobs: int = 0
     requeued_chunks: int = 0
+    resent_after_broker_loss: int = 0
 
 
 def _skip_locked(session: Session) -> dict[str, bool]:
@@ -132,13 +139,57 @@ def requeue_stalled_chunks(
     return requeued
 
 
+def broker_lost_its_data(redis_url: str) -> bool:
+    """True when the marker key is gone: queued messages may be lost (also true on the first pass)."""
+    return bool(redis_client(redis_url).set(BROKER_MARKER, lifecycle.utcnow().isoformat(), nx=True))
+
+
+def resend_queued_chunks(*, session: Session, send: Sender = send_chunks) -> int:
+    """Send again every queued chunk of the dispatched, active jobs (after the broker lost its data).
+
+    A chunk whose message did survive then has two; the second finds it done or running and is
+    skipped, so this costs a few empty tasks and never a duplicate result.
+    """
+    rows = session.execute(
+        select(JobChunk.job_id, JobChunk.index)
+        .join(Job, Job.id == JobChunk.job_id)
+        .where(
+            JobChunk.status == ChunkStatus.queued,
+            Job.dispatched_at.is_not(None),
+            Job.status.in_(lifecycle.ACTIVE),
+        )
+        .order_by(Job.created_at, JobChunk.index)
+    ).all()
+    session.rollback()
+    by_job: dict[uuid.UUID, list[int]] = {}
+    for job_id, index in rows:
+        by_job.setdefault(job_id, []).append(index)
+    for job_id, indexes in by_job.items():
+        send(job_id, indexes)
+    if rows:
+        log.warning("watchdog: the broker lost its data; sent %d queued chunk(s) again", len(rows))
+    return len(rows)
+
+
 def run_watchdog(
     *, settings: Settings, exclude: frozenset[tuple[uuid.UUID, int]] = frozenset(), send: Sender = send_chunks
 ) -> WatchdogReport:
-    """One pass: dispatch undispatched jobs, re-send stalled chunks."""
+    """One pass: re-send what a broker that lost its data dropped, dispatch undispatched jobs,
+    re-send stalled chunks."""
     now = lifecycle.utcnow()
     older_than = now - timedelta(seconds=settings.job_stall_timeout_s)
     report = WatchdogReport()
+    try:
+        if broker_lost_its_data(settings.redis_url):
+            try:
+                with session_scope() as session:
+                    report.resent_after_broker_loss = resend_queued_chunks(session=session, send=send)
+            except BROKER_ERRORS:
+                # Not every chunk was sent: unset the marker, so the next pass sends them again.
+                redis_client(settings.redis_url).delete(BROKER_MARKER)
+                raise
+    except BROKER_ERRORS as exc:
+        log.warning("watchdog: broker unavailable (%s); queued chunks are checked next pass", exc)
     with session_scope() as session:
         report.dispatched_jobs = dispatch_stragglers(session=session, older_than=older_than, send=send)
     with session_scope() as session:
