@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint format install clean bench-predict bench-jobs bench-train
+.PHONY: run test lint format install clean bench-predict bench-jobs bench-train bench-gpu
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -52,3 +52,9 @@ bench-jobs: $(STAMP)
 # Hours on 2 shared cores; `$(BIN)/python -m bench.train --only default` runs one part.
 bench-train: $(STAMP)
 	$(BIN)/python -m bench.train
+
+# CUDA paths on a GPU machine: training steps, engine fp16/bf16 vs CPU fp32, a forked worker's job;
+# needs a CUDA build of torch (TORCH=...). `$(BIN)/python -m bench.gpu_check --allow-cpu` is a CPU dry
+# run that writes nothing; `--prepare` bundles what a bare, offline GPU machine lacks (see --help).
+bench-gpu: $(STAMP)
+	$(BIN)/python -m bench.gpu_check

