@@ -174,8 +174,7 @@ def resend_queued_chunks(*, session: Session, send: Sender = send_chunks) -> int
 def run_watchdog(
     *, settings: Settings, exclude: frozenset[tuple[uuid.UUID, int]] = frozenset(), send: Sender = send_chunks
 ) -> WatchdogReport:
-    """One pass: re-send what a broker that lost its data dropped, dispatch undispatched jobs,
-    re-send stalled chunks."""
+    """One pass: re-send chunks a broker lost, dispatch undispatched jobs, re-send stalled chunks."""
     now = lifecycle.utcnow()
     older_than = now - timedelta(seconds=settings.job_stall_timeout_s)
     report = WatchdogReport()
