@@ -589,7 +589,7 @@ def test_watchdog_resends_stalled_chunks_and_undispatched_jobs(client: TestClien
         )
     sent: list[tuple[uuid.UUID, list[int]]] = []
 
-    def capture(job: uuid.UUID, indexes: Any) -> int:
+    def capture(job: uuid.UUID, indexes: Any, *, request_id: str | None = None) -> int:
         sent.append((job, list(indexes)))
         return len(sent[-1][1])
 
@@ -614,7 +614,7 @@ def test_watchdog_resends_queued_chunks_when_the_broker_lost_its_data(client: Te
     key = uuid.UUID(job_id)
     sent: list[tuple[uuid.UUID, list[int]]] = []
 
-    def capture(job: uuid.UUID, indexes: Any) -> int:
+    def capture(job: uuid.UUID, indexes: Any, *, request_id: str | None = None) -> int:
         sent.append((job, list(indexes)))
         return len(sent[-1][1])
 

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from shared.config import Settings
 from shared.models import RunStatus, TrainingEpoch, TrainingRun
 from trainer.conll import DataError
-from trainer.references import DataSpec, check_references
+from trainer.references import HUB_ID, DataSpec, check_references
 
 if TYPE_CHECKING:  # seqeval and torch stay out of the gateway, which imports this module
     from trainer.metrics import EpochMetrics
@@ -48,8 +48,6 @@ def check_base_model(base_model: str, *, settings: Settings) -> None:
     Any other local path is refused: a request must not make the trainer read arbitrary folders.
     """
     from pathlib import Path
-
-    from trainer.references import HUB_ID
 
     if base_model == settings.base_model:
         return

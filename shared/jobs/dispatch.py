@@ -23,29 +23,20 @@ PUBLISH_RETRY = {"max_retries": 2, "interval_start": 0.1, "interval_step": 0.2, 
 BROKER_ERRORS = (kombu.exceptions.OperationalError, redis.RedisError, OSError)
 
 
-def stored_request_id(job_id: uuid.UUID) -> str | None:
-    """The request id the job was submitted with (None for an unknown job or one without)."""
-    from shared.db import session_scope
-
-    # Its own short session: a caller may hold the job row locked, which a plain read does not wait on.
-    with session_scope() as session:
-        return session.scalar(select(Job.request_id).where(Job.id == job_id))
-
-
 def send_chunks(job_id: uuid.UUID, indexes: Iterable[int], *, request_id: str | None = None) -> int:
     """Publish one ``process_chunk`` task per chunk index over one connection; raises on broker errors.
 
-    The tasks carry ``request_id``, else the one being served, else the job's stored one.
+    The tasks carry ``request_id`` (the job's own, when the watchdog sends them outside any
+    request), else the id of the request being served.
     """
     from shared.celery_app import celery_app
 
     indexes = list(indexes)
     if not indexes:
         return 0
-    # The watchdog re-sends chunks outside any request: without the job's own request id their
-    # task logs could not be traced back to the submission (celery_signals stamps the header).
-    request_id = request_id or request_id_var.get() or stored_request_id(job_id)
-    token = request_id_var.set(request_id)
+    # celery_signals stamps the header from this variable: the watchdog's re-sent tasks would
+    # otherwise not be traceable to the submission.
+    token = request_id_var.set(request_id or request_id_var.get())
     sent = 0
     try:
         with celery_app.producer_or_acquire() as producer:

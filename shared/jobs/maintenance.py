@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Protocol
 
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
@@ -23,7 +24,13 @@ log = logging.getLogger(__name__)
 WATCHDOG_BATCH = 100
 PURGE_JOBS_PER_RUN = 100
 
-Sender = Callable[[uuid.UUID, Iterable[int]], int]
+
+class Sender(Protocol):
+    """How chunks are sent (``send_chunks``; tests capture the calls instead)."""
+
+    def __call__(
+        self, job_id: uuid.UUID, indexes: Iterable[int], *, request_id: str | None = None
+    ) -> int: ...
 
 
 # A key the watchdog keeps in the broker's Redis. Its absence means the broker lost its data since
@@ -68,7 +75,7 @@ def dispatch_stragglers(*, session: Session, older_than: datetime, send: Sender 
             .order_by(JobChunk.index)
         ).all()
         try:
-            send(job_id, indexes)
+            send(job_id, indexes, request_id=job.request_id)
         except BROKER_ERRORS as exc:
             session.rollback()
             log.warning("watchdog: broker unavailable (%s); job %s stays undispatched", exc, job_id)
@@ -128,7 +135,7 @@ def requeue_stalled_chunks(
         chunk.updated_at = now
         try:
             # Sent before the commit: if the broker is down the chunk stays stalled and is tried again.
-            send(job_id, [index])
+            send(job_id, [index], request_id=job.request_id)
         except BROKER_ERRORS as exc:
             session.rollback()
             log.warning("watchdog: broker unavailable (%s); chunk %s/%d waits", exc, job_id, index)
@@ -151,7 +158,7 @@ def resend_queued_chunks(*, session: Session, send: Sender = send_chunks) -> int
     skipped, so this costs a few empty tasks and never a duplicate result.
     """
     rows = session.execute(
-        select(JobChunk.job_id, JobChunk.index)
+        select(JobChunk.job_id, Job.request_id, JobChunk.index)
         .join(Job, Job.id == JobChunk.job_id)
         .where(
             JobChunk.status == ChunkStatus.queued,
@@ -161,11 +168,11 @@ def resend_queued_chunks(*, session: Session, send: Sender = send_chunks) -> int
         .order_by(Job.created_at, JobChunk.index)
     ).all()
     session.rollback()
-    by_job: dict[uuid.UUID, list[int]] = {}
-    for job_id, index in rows:
-        by_job.setdefault(job_id, []).append(index)
-    for job_id, indexes in by_job.items():
-        send(job_id, indexes)
+    by_job: dict[tuple[uuid.UUID, str | None], list[int]] = {}
+    for job_id, request_id, index in rows:
+        by_job.setdefault((job_id, request_id), []).append(index)
+    for (job_id, request_id), indexes in by_job.items():
+        send(job_id, indexes, request_id=request_id)
     if rows:
         log.warning("watchdog: the broker lost its data; sent %d queued chunk(s) again", len(rows))
     return len(rows)
