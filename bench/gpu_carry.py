@@ -75,7 +75,7 @@ def prepare(carry: Path, python: str) -> int:
     import torch
     from safetensors.torch import load_file, save_file
 
-    from shared.config import bundled_base_model, get_settings
+    from shared.core.config import bundled_base_model, get_settings
     from tests.support.conll_subset import write_conll
 
     shutil.rmtree(carry, ignore_errors=True)

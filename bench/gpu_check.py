@@ -251,10 +251,10 @@ def check_training(ctx: Context, result: StepResult) -> None:
     from transformers import TrainerCallback
     from transformers.utils import logging as hf_logging
 
+    from shared.training.params import TrainParams
+    from shared.training.references import DataSpec
     from tests.support.conll_subset import write_conll
     from trainer.data import load_data
-    from trainer.params import TrainParams
-    from trainer.references import DataSpec
     from trainer.training import bf16_is_fast, prepare_run
 
     datasets.disable_progress_bars()
@@ -392,7 +392,7 @@ def _load_engine(model_dir: Path, variant: Variant, device: str) -> Any:
     """An engine through NerEngine.load; a cast variant loads fp32 on CPU and moves the cast model."""
     import torch
 
-    from shared.engine import EngineOptions, NerEngine
+    from shared.predict.engine import EngineOptions, NerEngine
 
     if variant.cast is None:
         return NerEngine.load(model_dir, EngineOptions(device=variant.device))
@@ -596,9 +596,9 @@ def _run_job(url: str, texts: list[str], timeout: float, worker: Any) -> tuple[d
 
 def check_worker(ctx: Context, result: StepResult) -> None:
     """Gateway + Celery prefork worker as real processes; a JSON job to succeeded on the device."""
-    from shared import migrate
-    from shared.embedded_redis import start_redis
-    from shared.engine import EngineOptions, NerEngine
+    from shared.cli.embedded_redis import start_redis
+    from shared.core import migrate
+    from shared.predict.engine import EngineOptions, NerEngine
     from tests.support.processes import ServiceProcess, ner, start_gateway, wait_until
 
     if ctx.redis_binary is None:
@@ -842,7 +842,7 @@ def main(argv: list[str] | None = None) -> int:
     # Nothing here comes from the Hugging Face hub; offline, a stray lookup fails at once (no timeout).
     for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
         os.environ.setdefault(name, "1")
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads (see shared/engine/__init__.py)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads (see shared/predict/engine/__init__.py)
     if args.import_section:
         return import_section(args.import_section)
     if args.prepare:
@@ -874,7 +874,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from transformers.utils import logging as hf_logging
 
-    from shared.config import get_settings
+    from shared.core.config import get_settings
 
     hf_logging.disable_progress_bar()  # a bar per model load would bury the report in the output tail
     get_settings.cache_clear()

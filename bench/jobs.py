@@ -34,10 +34,10 @@ from pathlib import Path
 import httpx
 import psycopg
 
-from shared import migrate
-from shared.config import get_settings
-from shared.embedded_redis import start_redis
-from shared.engine import EngineOptions, NerEngine
+from shared.cli.embedded_redis import start_redis
+from shared.core import migrate
+from shared.core.config import get_settings
+from shared.predict.engine import EngineOptions, NerEngine
 from tests.support.processes import ServiceProcess, start_worker, wait_until
 from tests.support.processes import start_gateway as start_test_gateway
 from trainer.conll import read_conll

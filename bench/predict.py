@@ -33,9 +33,9 @@ import numpy as np
 import uvloop
 from seqeval.metrics import f1_score
 
-from shared.config import bundled_base_model, get_settings
-from shared.embedded_redis import free_port
-from shared.engine import EngineOptions, NerEngine
+from shared.cli.embedded_redis import free_port
+from shared.core.config import bundled_base_model, get_settings
+from shared.predict.engine import EngineOptions, NerEngine
 from trainer.conll import Sentence, read_conll
 
 REPO = Path(__file__).resolve().parent.parent
@@ -155,7 +155,7 @@ def fp32_peak_gflops(cores: int) -> tuple[float, str]:
 
 def measured_matmul_gflops(rounds: int = 5, seconds: float = 1.0) -> float:
     """Best rate of a 1024x1024 fp32 matmul over a few short rounds (the machine is shared)."""
-    import torch  # after shared.engine, which sets the OpenMP wait policy before torch loads
+    import torch  # after shared.predict.engine, which sets the OpenMP wait policy before torch loads
 
     a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
     torch.mm(a, b)

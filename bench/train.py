@@ -31,12 +31,12 @@ from transformers import (
 from transformers.utils import logging as hf_logging
 
 from bench.report import write_section
-from shared.config import get_settings
+from shared.core.config import get_settings
+from shared.training.params import LOSSES, TrainParams
+from shared.training.references import DataSpec
 from trainer.data import LoadedData, load_data
 from trainer.encoding import encode_split
 from trainer.metrics import EpochMetrics, format_epoch_table, format_per_type
-from trainer.params import LOSSES, TrainParams
-from trainer.references import DataSpec
 from trainer.training import RunHooks, prepare_run, run_training
 
 OUT = Path(".ner/bench/train")

@@ -7,12 +7,12 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from gateway import prediction
+from gateway import errors, prediction
 from gateway.middleware import RequestContextMiddleware
 from gateway.openapi import document_errors
 from gateway.routers import health, jobs, metrics, models, predict, train, ui
-from shared.config import get_settings
-from shared.logging import configure_logging
+from shared.core.config import get_settings
+from shared.core.logging import configure_logging
 
 
 @asynccontextmanager
@@ -42,5 +42,6 @@ def create_app() -> FastAPI:
     app.include_router(ui.router)  # the web UI at / and /static: open without a key
     # Request id, access log and HTTP metrics for every request (added last: outermost).
     app.add_middleware(RequestContextMiddleware)
+    errors.install(app)  # every domain error answers with its own status code
     document_errors(app)  # 400/401/403/422/429 as they really are, in the OpenAPI document
     return app

@@ -6,14 +6,17 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request, Security, status
+from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
-from shared import keys, ratelimit
-from shared.config import Settings, get_settings
-from shared.db import get_sessionmaker
-from shared.models import ApiKeyScope
+from shared.core.config import Settings, get_settings
+from shared.core.db import get_sessionmaker
+from shared.core.tables import ApiKeyScope
+from shared.keys import ratelimit
+from shared.keys import service as keys
+from shared.keys.errors import Forbidden, RateLimited, Unauthenticated
+from shared.keys.owner import Owner
 
 
 def get_session() -> Iterator[Session]:
@@ -37,6 +40,11 @@ class Principal:
     def is_admin(self) -> bool:
         return self.scope == ApiKeyScope.admin
 
+    @property
+    def owner(self) -> Owner:
+        """Whose jobs and runs this caller sees."""
+        return Owner(key_id=self.key_id, admin=self.is_admin)
+
 
 # Both schemes appear in the OpenAPI document (and the "Authorize" button of /docs); either works.
 api_key_header = APIKeyHeader(
@@ -48,27 +56,19 @@ bearer_scheme = HTTPBearer(
 ApiKeyHeaderDep = Annotated[str | None, Security(api_key_header)]
 BearerDep = Annotated[HTTPAuthorizationCredentials | None, Security(bearer_scheme)]
 
-_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="ner", charset="UTF-8"'}
-
 
 def _authenticate(presented: str | None) -> Principal:
     """The principal of a presented key; 401 when it is missing, unknown or revoked."""
     if not presented:
-        raise HTTPException(
-            status.HTTP_401_UNAUTHORIZED,
-            detail="missing API key: send it in the X-API-Key header or as Authorization: Bearer <key>",
-            headers=_CHALLENGE,
+        raise Unauthenticated(
+            "missing API key: send it in the X-API-Key header or as Authorization: Bearer <key>"
         )
     # A session of its own, closed at once: a connection must not stay checked out for the whole
     # (maybe long) request.
     with get_sessionmaker()() as session:
         key = keys.authenticate(session=session, plaintext=presented.strip())
     if key is None:
-        raise HTTPException(
-            status.HTTP_401_UNAUTHORIZED,
-            detail="invalid or revoked API key",
-            headers={"WWW-Authenticate": 'Bearer realm="ner", error="invalid_token"'},
-        )
+        raise Unauthenticated("invalid or revoked API key", error="invalid_token")
     return Principal(key_id=key.id, scope=key.scope, prefix=key.prefix)
 
 
@@ -87,13 +87,10 @@ def _enforce_rate_limit(principal: Principal, settings: Settings) -> None:
         burst=settings.rate_limit_burst,
     )
     if not decision.allowed:
-        raise HTTPException(
-            status.HTTP_429_TOO_MANY_REQUESTS,
-            detail=(
-                f"rate limit of {settings.rate_limit_per_minute} requests a minute for this API key "
-                f"exceeded; retry in {decision.retry_after_s} s"
-            ),
-            headers={"Retry-After": str(decision.retry_after_s)},
+        raise RateLimited(
+            f"rate limit of {settings.rate_limit_per_minute} requests a minute for this API key "
+            f"exceeded; retry in {decision.retry_after_s} s",
+            retry_after_s=decision.retry_after_s,
         )
 
 
@@ -115,9 +112,8 @@ def require_scope(scope: str, *, rate_limited: bool | None = None) -> Callable[.
             principal = _authenticate(header_key or (bearer.credentials if bearer else None))
             request.state.principal = principal  # the access log names the key (prefix) from here on
             if not principal.is_admin and principal.scope != wanted:
-                raise HTTPException(
-                    status.HTTP_403_FORBIDDEN,
-                    detail=f"this API key has scope {principal.scope.value!r}; this route needs {scope!r}",
+                raise Forbidden(
+                    f"this API key has scope {principal.scope.value!r}; this route needs {scope!r}"
                 )
             limited = rate_limited
             if limited is None:

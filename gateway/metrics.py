@@ -12,9 +12,9 @@ import redis
 from prometheus_client import Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
 
-from shared.celery_app import INFERENCE_QUEUE, TRAINING_QUEUE
-from shared.metrics import multiprocess_enabled
-from shared.ratelimit import redis_client
+from shared.core.celery_app import INFERENCE_QUEUE, TRAINING_QUEUE
+from shared.core.metrics import multiprocess_enabled
+from shared.core.redis import redis_client
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.metrics import observe_request
-from shared.logging import request_id_var
+from shared.core.logging import request_id_var
 
 REQUEST_ID_HEADER = "X-Request-ID"
 # A caller's id is kept only when it is short and plain (it lands in logs, headers and a

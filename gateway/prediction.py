@@ -5,13 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Annotated
 
-from fastapi import Depends, FastAPI, HTTPException, Request, status
+from fastapi import Depends, FastAPI, Request
 
-from gateway.batcher import MicroBatcher
 from gateway.metrics import observe_batch_size
-from shared.config import Settings
-from shared.engine import Entity
-from shared.serving import ModelProvider, ServedModel
+from shared.core.config import Settings
+from shared.predict.batcher import MicroBatcher
+from shared.predict.errors import NotServedHere
+from shared.predict.schemas import Entity
+from shared.predict.serving import ModelProvider, ServedModel
 
 Batcher = MicroBatcher[ServedModel, list[Entity]]
 
@@ -53,10 +54,9 @@ async def stop(app: FastAPI) -> None:
 def get_batcher(request: Request) -> Batcher:
     batcher = request.app.state.batcher
     if batcher is None:
-        raise HTTPException(
-            status.HTTP_503_SERVICE_UNAVAILABLE,
-            detail="this gateway does not serve /predict (NER_SERVE_PREDICT=false); "
-            "send predictions to a gateway that does",
+        raise NotServedHere(
+            "this gateway does not serve /predict (NER_SERVE_PREDICT=false); "
+            "send predictions to a gateway that does"
         )
     return batcher
 

@@ -1,11 +1,11 @@
-"""Alembic environment: runs migrations against the URL given by ``shared.migrate`` or the settings."""
+"""Alembic environment: runs migrations against the URL given by ``shared.core.migrate`` or the settings."""
 
 from __future__ import annotations
 
 from alembic import context
 
-from shared.db import make_engine
-from shared.models import Base
+from shared.core.db import make_engine
+from shared.core.tables import Base
 
 config = context.config
 target_metadata = Base.metadata
@@ -15,7 +15,7 @@ def _url() -> str:
     url = config.get_main_option("sqlalchemy.url")
     if url:
         return url
-    from shared.config import get_settings
+    from shared.core.config import get_settings
 
     return get_settings().database_url
 

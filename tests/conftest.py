@@ -10,14 +10,14 @@ import pytest
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from shared import migrate
-from shared.config import get_settings
-from shared.db import make_engine, reset_engine
+from shared.core import migrate
+from shared.core.config import get_settings
+from shared.core.db import make_engine, reset_engine
 from tests.support.services import RedisServer, create_database, drop_database
 
 TEST_ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 # Before anything imports torch: OpenMP threads that spin at barriers make small forward passes
-# ~10x slower on the busy shared cores tests run on (see shared/engine/__init__.py).
+# ~10x slower on the busy shared cores tests run on (see shared/predict/engine/__init__.py).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
@@ -71,7 +71,7 @@ def service_env(
 
 
 def _reload_settings() -> None:
-    from shared.celery_app import celery_app, configure
+    from shared.core.celery_app import celery_app, configure
 
     get_settings.cache_clear()
     reset_engine()

@@ -6,9 +6,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-
-class DataError(ValueError):
-    """Bad training data; the message names the file and line."""
+from shared.training.errors import DataError
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,9 @@ from typing import Any
 import datasets
 import pyarrow.compute as pc
 
-from trainer.conll import DataError, _check_tag, iob1_to_iob2, iter_conll_lines
-from trainer.references import SPLITS, DataSpec, resolve_local, split_files
+from shared.training.errors import DataError
+from shared.training.references import SPLITS, DataSpec, resolve_local, split_files
+from trainer.conll import _check_tag, iob1_to_iob2, iter_conll_lines
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from typing import Any
 import datasets
 from transformers import PreTrainedTokenizerBase
 
-from shared import casing
+from shared.predict import casing
 from trainer.losses import IGNORE_INDEX
 
 

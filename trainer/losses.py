@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from trainer.params import LOSSES
+from shared.training.params import LOSSES
 
 IGNORE_INDEX = -100
 

@@ -17,8 +17,8 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from shared import casing
-from trainer.conll import DataError
+from shared.predict import casing
+from shared.training.errors import DataError
 from trainer.data import LoadedData, first_origin_of
 
 log = logging.getLogger(__name__)

@@ -31,12 +31,12 @@ from transformers import (
 from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import get_last_checkpoint
 
+from shared.training.params import TrainParams
 from trainer.data import LoadedData
 from trainer.encoding import encode_split
 from trainer.losses import LossConfig, LossFn, make_loss
 from trainer.metrics import EpochMetrics, detailed_report, entity_scores, to_tag_sequences
 from trainer.model import load_starting_point
-from trainer.params import TrainParams
 
 log = logging.getLogger(__name__)
 

@@ -17,16 +17,16 @@ import uuid
 from sqlalchemy import update
 from sqlalchemy.exc import SQLAlchemyError
 
-from shared import registry
-from shared.config import Settings, get_settings
-from shared.db import reset_engine, session_scope
-from shared.engine import ModelLoadError
+from shared.core.config import Settings, get_settings
+from shared.core.db import reset_engine, session_scope
+from shared.core.tables import ChunkStatus, JobChunk
 from shared.jobs import maintenance
 from shared.jobs.lifecycle import utcnow
 from shared.jobs.processing import ChunkTask, ModelUnavailable, Predict
 from shared.jobs.service import PinnedModel
-from shared.models import ChunkStatus, JobChunk
-from shared.serving import ModelProvider
+from shared.predict.engine import ModelLoadError
+from shared.predict.serving import ModelProvider
+from shared.registry.errors import VersionNotFound
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +141,7 @@ class WorkerRuntime:
                 served = self.provider.get(pinned.version)
             else:
                 served = self.provider.get_ref(pinned.ref)
-        except registry.VersionNotFound as exc:
+        except VersionNotFound as exc:
             raise ModelUnavailable(
                 f"the job's model version {pinned.version} no longer exists: {exc}"
             ) from exc
@@ -170,14 +170,8 @@ def runtime() -> WorkerRuntime:
 
 def init_process(index: int | None = None) -> None:
     """After fork: fresh database connections, a GPU of its own, the model, the supervisor."""
+    from shared.predict.engine.runtime import pick_process_gpu  # torch: in the pool process only
+
     reset_engine()  # connections inherited from the parent must not be shared
-    _pick_gpu(index)
+    pick_process_gpu(index)
     runtime().preload()
-
-
-def _pick_gpu(index: int | None) -> None:
-    import torch
-
-    # CUDA is initialised here, in the child, never in the parent before the fork.
-    if index is not None and torch.cuda.is_available() and torch.cuda.device_count() > 1:
-        torch.cuda.set_device(index % torch.cuda.device_count())

@@ -10,10 +10,10 @@ from typing import Any
 from billiard.process import current_process
 from celery import Task, signals
 
-from shared.celery_app import INFERENCE_QUEUE, celery_app
-from shared.config import get_settings
+from shared.core.celery_app import INFERENCE_QUEUE, celery_app
+from shared.core.config import get_settings
+from shared.core.metrics import instrument_chunk_task
 from shared.jobs import maintenance, processing
-from shared.metrics import instrument_chunk_task
 from worker import runtime
 
 log = logging.getLogger(__name__)

@@ -4,21 +4,22 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response, status
+from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from starlette.datastructures import UploadFile
 
 from gateway.deps import Principal, SessionDep, SettingsDep, require_scope
-from shared.config import Settings
-from shared.db import get_sessionmaker
+from shared.core.config import Settings
+from shared.core.db import get_sessionmaker
+from shared.core.logging import get_request_id
+from shared.core.tables import JobStatus
 from shared.jobs import results, service
 from shared.jobs.dispatch import dispatch_job
-from shared.jobs.errors import InvalidSubmission, JobError, SubmissionTooLarge
-from shared.jobs.ingest import IncomingDocument, detect_format, from_json_documents, parse_upload
+from shared.jobs.errors import InvalidSubmission, SubmissionTooLarge, UnsupportedMediaType
+from shared.jobs.ingest import detect_format, parse_json_submission, parse_retention, parse_upload
 from shared.jobs.schemas import (
     EntityCounts,
     JobAccepted,
@@ -28,8 +29,6 @@ from shared.jobs.schemas import (
     ResultPage,
     job_view,
 )
-from shared.logging import get_request_id
-from shared.models import JobStatus
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
@@ -62,31 +61,8 @@ _UPLOAD_DOC = {
 }
 
 
-@contextmanager
-def _http_errors() -> Iterator[None]:
-    try:
-        yield
-    except JobError as exc:
-        raise HTTPException(exc.status_code, detail=str(exc)) from None
-
-
-def _owner(principal: Principal) -> service.Owner:
-    return service.Owner(key_id=principal.key_id, admin=principal.is_admin)
-
-
-def _retention(value: Any) -> int | None:
-    if value is None or value == "":
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | str):
-        raise InvalidSubmission("retention_days: must be an integer number of days")
-    try:
-        return int(value)
-    except ValueError:
-        raise InvalidSubmission("retention_days: must be an integer number of days") from None
-
-
-async def _read_json(request: Request, settings: Settings) -> dict[str, Any]:
-    """The JSON body, read up to NER_JOB_JSON_MAX_BYTES (bigger inputs belong in an uploaded file)."""
+async def _read_json_body(request: Request, settings: Settings) -> bytes:
+    """The body, read up to NER_JOB_JSON_MAX_BYTES (bigger inputs belong in an uploaded file)."""
     limit = settings.job_json_max_bytes
     body = bytearray()
     async for piece in request.stream():
@@ -96,21 +72,7 @@ async def _read_json(request: Request, settings: Settings) -> dict[str, Any]:
                 f"the JSON body exceeds {limit} bytes (NER_JOB_JSON_MAX_BYTES); "
                 "upload a JSONL, CSV or text file as multipart/form-data instead, which is parsed as a stream"
             )
-    try:
-        payload = json.loads(body)
-    except json.JSONDecodeError as exc:
-        raise InvalidSubmission(
-            f"body: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
-        ) from None
-    except UnicodeDecodeError:
-        raise InvalidSubmission("body: not valid UTF-8") from None
-    except RecursionError:
-        raise InvalidSubmission("body: JSON nested too deeply") from None
-    if not isinstance(payload, dict):
-        raise InvalidSubmission('body: expected an object like {"documents": [{"id": "...", "text": "..."}]}')
-    if not isinstance(payload.get("documents"), list):
-        raise InvalidSubmission('documents: required, a list of {"id", "text"} objects')
-    return payload
+    return bytes(body)
 
 
 @router.post(
@@ -140,45 +102,37 @@ async def submit_job(
     create: dict[str, Any] = {
         "session": session,
         "settings": settings,
-        "owner": _owner(principal),
+        "owner": principal.owner,
         "idempotency_key": idempotency_key,
         "request_id": get_request_id(),
     }
-    with _http_errors():
-        if content_type.startswith("multipart/form-data"):
-            async with request.form(max_files=1, max_fields=20) as form:
-                upload = form.get("file")
-                if not isinstance(upload, UploadFile):
-                    raise InvalidSubmission(
-                        "file: missing; send the documents as a multipart file field named 'file'"
-                    )
-                declared = form.get("format")
-                fmt = detect_format(
-                    declared=declared if isinstance(declared, str) else None,
-                    filename=upload.filename,
-                    content_type=upload.content_type,
+    if content_type.startswith("multipart/form-data"):
+        async with request.form(max_files=1, max_fields=20) as form:
+            upload = form.get("file")
+            if not isinstance(upload, UploadFile):
+                raise InvalidSubmission(
+                    "file: missing; send the documents as a multipart file field named 'file'"
                 )
-                documents = parse_upload(upload.file, fmt=fmt, document_max_chars=settings.document_max_chars)
-                job, created = await run_in_threadpool(
-                    service.create_job,
-                    documents=documents,
-                    retention_days=_retention(form.get("retention_days")),
-                    **create,
-                )
-        elif content_type.startswith("application/json") or not content_type:
-            payload = await _read_json(request, settings)
-            documents_in: Iterator[IncomingDocument] = from_json_documents(payload["documents"])
+            declared = form.get("format")
+            fmt = detect_format(
+                declared=declared if isinstance(declared, str) else None,
+                filename=upload.filename,
+                content_type=upload.content_type,
+            )
+            documents = parse_upload(upload.file, fmt=fmt, document_max_chars=settings.document_max_chars)
             job, created = await run_in_threadpool(
                 service.create_job,
-                documents=documents_in,
-                retention_days=_retention(payload.get("retention_days")),
+                documents=documents,
+                retention_days=parse_retention(form.get("retention_days")),
                 **create,
             )
-        else:
-            raise HTTPException(
-                status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
-                detail="send application/json or a multipart/form-data file upload",
-            )
+    elif content_type.startswith("application/json") or not content_type:
+        documents_in, retention_days = parse_json_submission(await _read_json_body(request, settings))
+        job, created = await run_in_threadpool(
+            service.create_job, documents=documents_in, retention_days=retention_days, **create
+        )
+    else:
+        raise UnsupportedMediaType("send application/json or a multipart/form-data file upload")
     if created:
         await run_in_threadpool(dispatch_job, session=session, job_id=job.id)
     else:
@@ -198,17 +152,15 @@ def list_jobs(
     cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> JobPage:
-    with _http_errors():
-        jobs, next_cursor = service.list_jobs(
-            session=session, owner=_owner(principal), status=status_filter, cursor=cursor, limit=limit
-        )
+    jobs, next_cursor = service.list_jobs(
+        session=session, owner=principal.owner, status=status_filter, cursor=cursor, limit=limit
+    )
     return JobPage(items=[job_view(job) for job in jobs], next_cursor=next_cursor)
 
 
 @router.get("/{job_id}", response_model=JobView, responses=_NOT_FOUND, summary="A job's status and progress")
 def get_job(job_id: str, session: SessionDep, principal: JobsPrincipal) -> JobView:
-    with _http_errors():
-        return job_view(service.get_job(session=session, job_id=job_id, owner=_owner(principal)))
+    return job_view(service.get_job(session=session, job_id=job_id, owner=principal.owner))
 
 
 def _ndjson(job_id: Any) -> Iterator[bytes]:
@@ -238,11 +190,10 @@ def get_results(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     format: Annotated[Literal["json", "ndjson"], Query(description="ndjson: stream every result")] = "json",
 ) -> Any:
-    with _http_errors():
-        job = service.get_job(session=session, job_id=job_id, owner=_owner(principal))
-        if format == "ndjson":
-            return StreamingResponse(_ndjson(job.id), media_type="application/x-ndjson")
-        items, next_cursor = results.list_results(session=session, job_id=job.id, cursor=cursor, limit=limit)
+    job = service.get_job(session=session, job_id=job_id, owner=principal.owner)
+    if format == "ndjson":
+        return StreamingResponse(_ndjson(job.id), media_type="application/x-ndjson")
+    items, next_cursor = results.list_results(session=session, job_id=job.id, cursor=cursor, limit=limit)
     return ResultPage.model_validate({"items": items, "next_cursor": next_cursor})
 
 
@@ -259,11 +210,8 @@ def get_entities(
     entity_type: Annotated[str | None, Query(alias="type", description="e.g. ORG")] = None,
     limit: Annotated[int, Query(ge=1, le=10000)] = 100,
 ) -> EntityCounts:
-    with _http_errors():
-        job = service.get_job(session=session, job_id=job_id, owner=_owner(principal))
-        items = results.aggregate_entities(
-            session=session, job_id=job.id, entity_type=entity_type, limit=limit
-        )
+    job = service.get_job(session=session, job_id=job_id, owner=principal.owner)
+    items = results.aggregate_entities(session=session, job_id=job.id, entity_type=entity_type, limit=limit)
     return EntityCounts.model_validate({"items": items})
 
 
@@ -275,6 +223,5 @@ def get_entities(
     summary="Cancel a job: queued chunks are dropped, a running one finishes, results stay readable",
 )
 def cancel_job(job_id: str, session: SessionDep, principal: JobsPrincipal) -> JobView:
-    with _http_errors():
-        job = service.cancel_job(session=session, job_id=job_id, owner=_owner(principal))
+    job = service.cancel_job(session=session, job_id=job_id, owner=principal.owner)
     return job_view(job)

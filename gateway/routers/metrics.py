@@ -9,7 +9,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway.deps import SettingsDep, require_scope
 from gateway.metrics import ModelInfoCollector, QueueDepthCollector
-from shared.metrics import exposition_registry
+from shared.core.metrics import exposition_registry
 
 router = APIRouter(tags=["operations"])
 

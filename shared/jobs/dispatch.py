@@ -11,9 +11,9 @@ import redis
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from shared.core.logging import request_id_var
+from shared.core.tables import ChunkStatus, Job, JobChunk
 from shared.jobs.lifecycle import utcnow
-from shared.logging import request_id_var
-from shared.models import ChunkStatus, Job, JobChunk
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ def send_chunks(job_id: uuid.UUID, indexes: Iterable[int], *, request_id: str | 
     The tasks carry ``request_id`` (the job's own, when the watchdog sends them outside any
     request), else the id of the request being served.
     """
-    from shared.celery_app import celery_app
+    from shared.core.celery_app import celery_app
 
     indexes = list(indexes)
     if not indexes:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from shared.core.errors import ServiceError
 
-class JobError(Exception):
+
+class JobError(ServiceError):
     """A request the jobs service refuses; the message says what is wrong."""
 
     status_code = 400
@@ -23,6 +25,12 @@ class SubmissionTooLarge(JobError):
     """A document, the document count or the total characters exceed a configured limit."""
 
     status_code = 413
+
+
+class UnsupportedMediaType(JobError):
+    """A submission that is neither JSON nor a multipart file upload."""
+
+    status_code = 415
 
 
 class JobNotFound(JobError):

@@ -235,3 +235,34 @@ def from_json_documents(documents: Iterable[Any]) -> Iterator[IncomingDocument]:
     """Documents of a JSON body's ``documents`` array; ``id`` defaults to the 0-based index."""
     for index, obj in enumerate(documents):
         yield _from_object(obj, default_id=str(index), where=f"documents[{index}]")
+
+
+def parse_retention(value: Any) -> int | None:
+    """``retention_days`` of a JSON body or a form field: None when absent, else whole days."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise InvalidSubmission("retention_days: must be an integer number of days")
+    try:
+        return int(value)
+    except ValueError:
+        raise InvalidSubmission("retention_days: must be an integer number of days") from None
+
+
+def parse_json_submission(body: bytes) -> tuple[Iterator[IncomingDocument], int | None]:
+    """A JSON job body: its documents (streamed) and its retention in days."""
+    try:
+        payload = json.loads(body)
+    except json.JSONDecodeError as exc:
+        raise InvalidSubmission(
+            f"body: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
+        ) from None
+    except UnicodeDecodeError:
+        raise InvalidSubmission("body: not valid UTF-8") from None
+    except RecursionError:
+        raise InvalidSubmission("body: JSON nested too deeply") from None
+    if not isinstance(payload, dict):
+        raise InvalidSubmission('body: expected an object like {"documents": [{"id": "...", "text": "..."}]}')
+    if not isinstance(payload.get("documents"), list):
+        raise InvalidSubmission('documents: required, a list of {"id", "text"} objects')
+    return from_json_documents(payload["documents"]), parse_retention(payload.get("retention_days"))

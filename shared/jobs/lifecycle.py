@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from shared.models import ChunkStatus, Job, JobChunk, JobStatus
+from shared.core.tables import ChunkStatus, Job, JobChunk, JobStatus
 
 FINISHED = frozenset({JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled})
 ACTIVE = frozenset({JobStatus.queued, JobStatus.running})

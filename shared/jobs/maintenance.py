@@ -12,12 +12,12 @@ from typing import Protocol
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from shared.config import Settings
-from shared.db import session_scope
+from shared.core.config import Settings
+from shared.core.db import session_scope
+from shared.core.redis import redis_client
+from shared.core.tables import ChunkStatus, Job, JobChunk, JobDocument, JobResult
 from shared.jobs import lifecycle
 from shared.jobs.dispatch import BROKER_ERRORS, send_chunks
-from shared.models import ChunkStatus, Job, JobChunk, JobDocument, JobResult
-from shared.ratelimit import redis_client
 
 log = logging.getLogger(__name__)
 

@@ -22,12 +22,9 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
-from shared.config import Settings
-from shared.db import session_scope
-from shared.jobs import lifecycle
-from shared.jobs.results import ENTITY_KEYS
-from shared.jobs.service import PinnedModel
-from shared.models import (
+from shared.core.config import Settings
+from shared.core.db import session_scope
+from shared.core.tables import (
     ChunkStatus,
     DocumentStatus,
     Job,
@@ -36,6 +33,9 @@ from shared.models import (
     JobResult,
     JobStatus,
 )
+from shared.jobs import lifecycle
+from shared.jobs.service import PinnedModel
+from shared.predict.schemas import ENTITY_FIELDS
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ class Outcome:
 def entity_dict(entity: Any) -> dict[str, Any]:
     """An engine entity (an ``Entity`` or a dict) as stored: plain JSON types only."""
     if isinstance(entity, dict):
-        word, group, score, start, end = (entity[key] for key in ENTITY_KEYS)
+        word, group, score, start, end = (entity[key] for key in ENTITY_FIELDS)
     else:
         word, group, score, start, end = (
             entity.word,

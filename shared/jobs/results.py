@@ -10,9 +10,10 @@ from typing import Any
 from sqlalchemy import Row, select, text
 from sqlalchemy.orm import Session
 
+from shared.core.tables import JobDocument, JobResult
 from shared.jobs.cursors import decode_cursor, encode_cursor
 from shared.jobs.errors import InvalidRequest
-from shared.models import JobDocument, JobResult
+from shared.predict.schemas import ENTITY_FIELDS
 
 STREAM_PAGE_ROWS = 1000
 
@@ -35,9 +36,6 @@ def _page_query(job_id: uuid.UUID, after_seq: int, limit: int):  # type: ignore[
     )
 
 
-ENTITY_KEYS = ("word", "entity_group", "score", "start", "end")
-
-
 def result_item(row: Row[Any]) -> dict[str, Any]:
     """One result as the API shows it (the same in JSON pages and NDJSON lines)."""
     processed_at = row.processed_at
@@ -48,7 +46,7 @@ def result_item(row: Row[Any]) -> dict[str, Any]:
         "seq": row.seq,
         "status": row.status.value,
         # JSONB reorders keys; show them in the order of /predict.
-        "entities": [{key: entity[key] for key in ENTITY_KEYS} for entity in row.entities],
+        "entities": [{key: entity[key] for key in ENTITY_FIELDS} for entity in row.entities],
         "error": row.error,
         "model_version": row.model_version,
         "processed_at": processed_at.isoformat().replace("+00:00", "Z"),

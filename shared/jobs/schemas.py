@@ -8,7 +8,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from shared.models import Job, JobStatus
+from shared.core.tables import Job, JobStatus
+from shared.predict.schemas import Entity
 
 
 class DocumentIn(BaseModel):
@@ -85,19 +86,11 @@ class JobPage(BaseModel):
     next_cursor: str | None
 
 
-class EntityOut(BaseModel):
-    word: str
-    entity_group: str
-    score: float
-    start: int
-    end: int
-
-
 class ResultItem(BaseModel):
     id: str = Field(description="The document's id as submitted")
     seq: int = Field(description="The document's position in the job, from 0")
     status: str = Field(description="done or failed")
-    entities: list[EntityOut]
+    entities: list[Entity]
     error: str | None
     model_version: int | None
     processed_at: datetime

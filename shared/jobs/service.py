@@ -10,8 +10,8 @@ from datetime import datetime, timedelta
 from sqlalchemy import func, insert, select, tuple_
 from sqlalchemy.orm import Session
 
-from shared import registry
-from shared.config import Settings
+from shared.core.config import Settings
+from shared.core.tables import Job, JobChunk, JobStatus
 from shared.jobs import lifecycle
 from shared.jobs.cursors import decode_cursor, encode_cursor
 from shared.jobs.errors import (
@@ -24,17 +24,10 @@ from shared.jobs.errors import (
 )
 from shared.jobs.ingest import IncomingDocument
 from shared.jobs.store import ChunkPlanner, DocumentWriter
-from shared.models import Job, JobChunk, JobStatus
+from shared.keys.owner import Owner
+from shared.registry import service as registry
 
 MAX_RETENTION_DAYS = 3650
-
-
-@dataclass(frozen=True)
-class Owner:
-    """Whose jobs a caller sees: its API key's, or everyone's for admins (and with auth off)."""
-
-    key_id: int | None
-    admin: bool
 
 
 @dataclass(frozen=True)

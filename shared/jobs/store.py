@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
-from shared.models import JobDocument
+from shared.core.tables import JobDocument
 
 # Rows per INSERT batch where COPY is not available (SQLite).
 INSERT_BATCH_ROWS = 1000

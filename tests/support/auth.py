@@ -6,9 +6,9 @@ import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
-from shared import keys
-from shared.config import get_settings
-from shared.db import get_sessionmaker
+from shared.core.config import get_settings
+from shared.core.db import get_sessionmaker
+from shared.keys import service as keys
 
 
 def create_key(scope: str, name: str = "test") -> str:

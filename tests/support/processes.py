@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 
-from shared.embedded_redis import free_port
+from shared.cli.embedded_redis import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

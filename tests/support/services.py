@@ -9,7 +9,7 @@ from pathlib import Path
 
 import psycopg
 
-from shared.embedded_redis import free_port, redis_answers, redis_executable
+from shared.cli.embedded_redis import free_port, redis_answers, redis_executable
 
 POSTGRES_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 

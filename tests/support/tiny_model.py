@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForTokenClassification, AutoTokenizer
 
-from shared.config import bundled_base_model
+from shared.core.config import bundled_base_model
 from trainer.conll import Sentence, read_conll
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

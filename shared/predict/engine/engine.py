@@ -1,0 +1,198 @@
+"""The inference engine: a token-classification model predicting entities for a list of texts."""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from transformers import AutoModelForTokenClassification, AutoTokenizer
+
+from shared.predict import casing
+from shared.predict.engine.batching import group_by_length
+from shared.predict.engine.errors import ModelLoadError
+from shared.predict.engine.runtime import configure_cpu_threads, pick_device, prepare_model
+from shared.predict.engine.spans import decode_entities
+from shared.predict.engine.windows import plan_windows
+from shared.predict.schemas import Entity
+
+if TYPE_CHECKING:
+    from shared.core.config import Settings
+
+log = logging.getLogger(__name__)
+
+# Lone surrogates can arrive through JSON escapes ("\ud800"); the tokenizer cannot encode them.
+# Replacing each by U+FFFD keeps every character offset the same.
+_SURROGATES = re.compile("[\ud800-\udfff]")
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    device: str = "auto"  # auto | cpu | cuda
+    quantize: str = "none"  # none | int8
+    num_threads: int | None = None
+    batch_size: int = 32  # windows per forward pass
+    max_window_tokens: int = 256  # including the special tokens
+    stride_tokens: int = 64  # overlap between consecutive windows
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> EngineOptions:
+        return cls(
+            device=settings.device,
+            quantize=settings.quantize,
+            num_threads=settings.num_threads,
+            batch_size=settings.engine_batch_size,
+            max_window_tokens=settings.max_window_tokens,
+            stride_tokens=settings.window_stride_tokens,
+        )
+
+
+@dataclass
+class _Encoded:
+    ids: list[int]
+    offsets: list[tuple[int, int]]
+    word_ids: list[int | None]
+    type_ids: list[int] | None  # case classes, for models trained with the case feature
+
+    def window(self, start: int, end: int) -> _Slice:
+        types = self.type_ids[start:end] if self.type_ids is not None else None
+        return _Slice(self.ids[start:end], types)
+
+
+@dataclass
+class _Slice:
+    ids: list[int]
+    type_ids: list[int] | None
+
+
+class NerEngine:
+    """Predicts word-level entity groups; thread-safe, any text length, any Unicode."""
+
+    def __init__(self, model, tokenizer, *, source: str, options: EngineOptions) -> None:  # type: ignore[no-untyped-def]
+        if not getattr(tokenizer, "is_fast", False):
+            raise ModelLoadError(f"{source}: a fast (Rust) tokenizer is needed for character offsets")
+        self.source = source
+        self.options = options
+        self.device = pick_device(options.device)
+        self.threads = configure_cpu_threads(options.num_threads) if self.device.type == "cpu" else None
+        self.model, self.precision = prepare_model(model, self.device, options.quantize)
+        self.tokenizer = tokenizer
+        self.id2label = {int(k): v for k, v in model.config.id2label.items()}
+        self.case_feature = casing.uses_case_feature(model.config)
+        self._prefix, self._suffix = _special_tokens(tokenizer)
+        limit = min(
+            options.max_window_tokens,
+            getattr(model.config, "max_position_embeddings", 512) or 512,
+            tokenizer.model_max_length if 0 < tokenizer.model_max_length < 100_000 else 512,
+        )
+        self.window_tokens = limit - len(self._prefix) - len(self._suffix)
+        self.stride_tokens = min(options.stride_tokens, self.window_tokens // 2)
+        self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        # The Rust tokenizer object is not safe to call from several threads at once.
+        self._tokenizer_lock = threading.Lock()
+        self.forward_passes = 0
+
+    @classmethod
+    def load(cls, source: str | Path, options: EngineOptions | None = None) -> NerEngine:
+        """Load a token-classification checkpoint (local folder or hub id) with its fast tokenizer."""
+        options = options or EngineOptions()
+        source = str(source)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(source)
+            model = AutoModelForTokenClassification.from_pretrained(source)
+        except Exception as exc:  # a bad folder fails in many ways (config, weights, tokenizer files)
+            raise ModelLoadError(f"cannot load a token-classification model from {source!r}: {exc}") from exc
+        engine = cls(model, tokenizer, source=source, options=options)
+        log.info("loaded %s on %s (%s)", source, engine.device, engine.precision)
+        return engine
+
+    @property
+    def labels(self) -> list[str]:
+        return [self.id2label[i] for i in sorted(self.id2label)]
+
+    def predict(self, texts: Sequence[str]) -> list[list[Entity]]:
+        """Entities of each text, in order. Long texts are windowed; all windows share the batches."""
+        if not texts:
+            return []
+        encoded = self._encode(texts)
+        windows = [
+            window
+            for index, enc in enumerate(encoded)
+            for window in plan_windows(index, len(enc.ids), self.window_tokens, self.stride_tokens)
+        ]
+        window_probs = self._forward([encoded[w.text_index].window(w.start, w.end) for w in windows])
+        owned: list[list[np.ndarray]] = [[] for _ in texts]
+        for window, probs in zip(windows, window_probs, strict=True):
+            owned[window.text_index].append(
+                probs[window.own_start - window.start : window.own_end - window.start]
+            )
+        results = []
+        for text, enc, parts in zip(texts, encoded, owned, strict=True):
+            if not parts:
+                results.append([])
+                continue
+            probs = np.concatenate(parts)
+            results.append(decode_entities(text, enc.word_ids, enc.offsets, probs, self.id2label))
+        return results
+
+    def _encode(self, texts: Sequence[str]) -> list[_Encoded]:
+        clean = [_SURROGATES.sub("\ufffd", text) for text in texts]
+        with self._tokenizer_lock:
+            batch = self.tokenizer(
+                clean,
+                add_special_tokens=False,
+                return_offsets_mapping=True,
+                return_attention_mask=False,
+                return_token_type_ids=False,
+                truncation=False,
+                verbose=False,  # long texts are windowed below, not truncated: no length warning
+            )
+        encoded = []
+        for i, text in enumerate(clean):
+            offsets = batch["offset_mapping"][i]
+            type_ids = casing.case_type_ids(text, offsets) if self.case_feature else None
+            encoded.append(_Encoded(batch["input_ids"][i], offsets, batch.word_ids(i), type_ids))
+        return encoded
+
+    def _forward(self, windows: list[_Slice]) -> list[np.ndarray]:
+        """Label probabilities per window (content tokens only); similar lengths share a padded batch."""
+        out: list[np.ndarray] = [np.empty((0, len(self.id2label)), dtype=np.float32)] * len(windows)
+        prefix, suffix = self._prefix, self._suffix
+        for chunk in group_by_length([len(w.ids) for w in windows], self.options.batch_size):
+            width = len(prefix) + len(windows[chunk[-1]].ids) + len(suffix)
+            input_ids = torch.full((len(chunk), width), self._pad_id, dtype=torch.long)
+            attention = torch.zeros((len(chunk), width), dtype=torch.long)
+            # Special tokens and padding have no characters: case class 0, as in training.
+            type_ids = torch.zeros((len(chunk), width), dtype=torch.long)
+            for row, index in enumerate(chunk):
+                window = windows[index]
+                ids = prefix + window.ids + suffix
+                input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+                attention[row, : len(ids)] = 1
+                if window.type_ids is not None:
+                    start = len(prefix)
+                    type_ids[row, start : start + len(window.ids)] = torch.tensor(window.type_ids)
+            inputs = {"input_ids": input_ids, "attention_mask": attention}
+            if self.case_feature:
+                inputs["token_type_ids"] = type_ids
+            with torch.inference_mode():
+                logits = self.model(**{k: v.to(self.device) for k, v in inputs.items()}).logits
+                probs = torch.softmax(logits.float(), dim=-1).cpu().numpy()
+            self.forward_passes += 1
+            for row, index in enumerate(chunk):
+                out[index] = probs[row, len(prefix) : len(prefix) + len(windows[index].ids)]
+        return out
+
+
+def _special_tokens(tokenizer) -> tuple[list[int], list[int]]:  # type: ignore[no-untyped-def]
+    """The ids the tokenizer puts before and after one sequence ([CLS] ... [SEP], <s> ... </s>)."""
+    probe = tokenizer("a", return_special_tokens_mask=True)
+    ids, mask = probe["input_ids"], probe["special_tokens_mask"]
+    content = [i for i, special in enumerate(mask) if not special]
+    return ids[: content[0]], ids[content[-1] + 1 :]

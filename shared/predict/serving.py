@@ -1,0 +1,293 @@
+"""Which model answers: the registry's active version, else ``NER_MODEL``; loaded off the request path.
+
+The gateway and the bulk workers share this. A background thread polls the registry every
+``model_poll_seconds`` and wakes at once on a Redis ``ACTIVE_CHANNEL`` message; a new active
+version is loaded beside the old one and swapped in by one reference assignment, so a request
+already holding the old engine finishes on it and no request waits for a load.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import redis
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from shared.core.config import Settings
+from shared.predict.engine.errors import ModelLoadError
+from shared.predict.errors import HOW_TO_GET_A_MODEL, ModelNotReady, NoModelAvailable
+from shared.registry import service as registry
+from shared.registry.errors import VersionNotFound
+from shared.registry.notify import ACTIVE_CHANNEL
+
+if TYPE_CHECKING:
+    from shared.predict.engine import NerEngine
+
+log = logging.getLogger(__name__)
+
+# A version that failed to load is tried again after this long, not on every poll.
+RETRY_FAILED_LOAD_S = 60.0
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """What to serve: a registry version (with its artifact folder) or the NER_MODEL reference."""
+
+    version: int | None
+    path: str
+
+    @property
+    def key(self) -> str:
+        return f"v{self.version}" if self.version is not None else f"ref:{self.path}"
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """A loaded engine and the version it belongs to (None when serving NER_MODEL)."""
+
+    version: int | None
+    ref: str
+    engine: NerEngine
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "version": self.version,
+            "ref": self.ref,
+            "device": str(self.engine.device),
+            "precision": self.engine.precision,
+        }
+
+
+def _engine_loader(settings: Settings) -> Callable[[str], NerEngine]:
+    """``NerEngine.load`` with the settings' options; torch is imported here, where a model is served."""
+    from shared.predict.engine import EngineOptions, NerEngine
+
+    options = EngineOptions.from_settings(settings)
+    return lambda path: NerEngine.load(path, options)
+
+
+class ModelProvider:
+    """Resolves, loads, caches and hot-swaps the served model. Thread-safe."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        session_factory: Callable[[], Session] | None = None,
+        loader: Callable[[str], NerEngine] | None = None,
+        max_cached: int = 3,
+    ) -> None:
+        self.settings = settings
+        self._session_factory = session_factory
+        self._loader = loader or _engine_loader(settings)
+        self._max_cached = max_cached
+        self._cache: OrderedDict[str, ServedModel] = OrderedDict()
+        self._cache_lock = threading.Lock()
+        self._load_locks: dict[str, threading.Lock] = {}
+        self._failed: dict[str, tuple[float, str]] = {}
+        self._active: ServedModel | None = None
+        self._resolved_none = False  # the last resolution found neither registry version nor NER_MODEL
+        self._last_error: str | None = None
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    # --- public API --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Load the model and follow the registry in background threads; returns at once."""
+        if self._threads:
+            return
+        self._stop.clear()
+        watcher = threading.Thread(target=self._watch, name="model-watch", daemon=True)
+        listener = threading.Thread(target=self._listen, name="model-listen", daemon=True)
+        self._threads = [watcher, listener]
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        for thread in self._threads:
+            thread.join(timeout=5)
+        self._threads = []
+
+    def active(self) -> ServedModel:
+        """The model that answers now. Without background threads, resolves and loads on first use."""
+        served = self._active
+        if served is not None:
+            return served
+        if not self._threads:
+            served = self.refresh()
+            if served is not None:
+                return served
+        if self._resolved_none:
+            raise NoModelAvailable(self._no_model_message())
+        if self._last_error:
+            raise ModelNotReady(f"the model could not be loaded: {self._last_error}")
+        raise ModelNotReady("the model is still loading; retry in a few seconds")
+
+    def get(self, version: int) -> ServedModel:
+        """A pinned registry version (e.g. the one a bulk job was submitted with), loaded if needed."""
+        active = self._active
+        if active is not None and active.version == version:
+            return active
+        with self._session() as session:
+            row = registry.get_version(session=session, version=version)
+            if row is None:
+                raise VersionNotFound(f"model version {version} does not exist")
+            ref = ModelRef(version=row.version, path=row.path)
+        return self._load(ref)
+
+    def get_ref(self, path: str) -> ServedModel:
+        """A model by folder or hub id, outside the registry (a job pinned while serving NER_MODEL)."""
+        return self._load(ModelRef(version=None, path=path))
+
+    def refresh(self) -> ServedModel | None:
+        """Resolve what should be served now and make it active (loading it here, in the caller)."""
+        try:
+            ref = self.resolve()
+        except SQLAlchemyError as exc:
+            # The database is down: keep serving what we have; without anything, NER_MODEL still works.
+            log.warning("model registry unreachable: %s", exc.__class__.__name__)
+            self._last_error = f"model registry unreachable ({exc.__class__.__name__})"
+            if self._active is not None or not self.settings.model:
+                return self._active
+            ref = ModelRef(version=None, path=self.settings.model)
+        if ref is None:
+            self._resolved_none = True
+            return self._active
+        self._resolved_none = False
+        if self._active is not None and self._active.ref == ref.path and self._active.version == ref.version:
+            return self._active
+        failed = self._failed.get(ref.key)
+        if failed and time.monotonic() - failed[0] < RETRY_FAILED_LOAD_S:
+            return self._active
+        try:
+            served = self._load(ref)
+        except ModelLoadError as exc:
+            self._failed[ref.key] = (time.monotonic(), str(exc))
+            self._last_error = str(exc)
+            log.error("cannot serve %s; keeping the current model: %s", ref.key, exc)
+            return self._active
+        previous, self._active = self._active, served  # the swap: one reference assignment
+        self._last_error = None
+        if previous is None or (previous.version, previous.ref) != (served.version, served.ref):
+            log.info("now serving %s (%s)", ref.key, ref.path)
+        return served
+
+    def resolve(self) -> ModelRef | None:
+        """The active registry version, else NER_MODEL, else None."""
+        with self._session() as session:
+            row = registry.get_active(session=session)
+            if row is not None:
+                return ModelRef(version=row.version, path=row.path)
+        if self.settings.model:
+            return ModelRef(version=None, path=self.settings.model)
+        return None
+
+    def notify(self) -> None:
+        """Check the registry now instead of at the next poll (e.g. right after an activation)."""
+        self._wake.set()
+
+    @property
+    def load_error(self) -> str | None:
+        """Why the last model that should be served could not be loaded (None after a good load)."""
+        return self._last_error
+
+    @property
+    def ready(self) -> bool:
+        return self._active is not None
+
+    def status(self) -> str:
+        """``ok`` or why no model answers, for /readyz."""
+        if self._active is not None:
+            return "ok"
+        if self._resolved_none:
+            return self._no_model_message()
+        return f"error: {self._last_error}" if self._last_error else "loading"
+
+    def describe(self) -> dict[str, object] | None:
+        """The active model for metrics and /readyz; None before one is loaded."""
+        active = self._active
+        return active.describe() if active else None
+
+    # --- internals ---------------------------------------------------------------------------
+
+    def _no_model_message(self) -> str:
+        """How far the training of a first model is (bootstrap), else how to get a model."""
+        from shared.training.status import no_model_message
+
+        try:
+            with self._session() as session:
+                return no_model_message(session=session) or HOW_TO_GET_A_MODEL
+        except SQLAlchemyError:
+            return HOW_TO_GET_A_MODEL
+
+    def _session(self) -> Session:
+        if self._session_factory is None:
+            from shared.core.db import get_sessionmaker
+
+            return get_sessionmaker()()
+        return self._session_factory()
+
+    def _load(self, ref: ModelRef) -> ServedModel:
+        with self._cache_lock:
+            cached = self._cache.get(ref.key)
+            if cached is not None and cached.ref == ref.path:
+                self._cache.move_to_end(ref.key)
+                return cached
+            lock = self._load_locks.setdefault(ref.key, threading.Lock())
+        with lock:  # one load per model, however many callers want it at once
+            with self._cache_lock:
+                cached = self._cache.get(ref.key)
+                if cached is not None and cached.ref == ref.path:
+                    return cached
+            started = time.monotonic()
+            served = ServedModel(version=ref.version, ref=ref.path, engine=self._loader(ref.path))
+            log.info("loaded %s in %.1fs", ref.key, time.monotonic() - started)
+            with self._cache_lock:
+                self._cache[ref.key] = served
+                self._cache.move_to_end(ref.key)
+                while len(self._cache) > self._max_cached:
+                    key, old = next(iter(self._cache.items()))
+                    if old is self._active:  # never evict what is answering
+                        self._cache.move_to_end(key)
+                        continue
+                    # In-flight users keep their reference; the engine is freed when they finish.
+                    del self._cache[key]
+            return served
+
+    def _watch(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.refresh()
+            except Exception:  # the watcher must outlive any one bad poll
+                log.exception("model refresh failed")
+            self._wake.wait(self.settings.model_poll_seconds)
+            self._wake.clear()
+
+    def _listen(self) -> None:
+        """Wake the watcher when a version is activated; polling covers Redis being down."""
+        backoff = 1.0
+        while not self._stop.is_set():
+            try:
+                client = redis.Redis.from_url(self.settings.redis_url, socket_connect_timeout=2)
+                pubsub = client.pubsub(ignore_subscribe_messages=True)
+                pubsub.subscribe(ACTIVE_CHANNEL)
+                backoff = 1.0
+                while not self._stop.is_set():
+                    if pubsub.get_message(timeout=1.0) is not None:
+                        self._wake.set()
+                pubsub.close()
+                client.close()
+            except (redis.RedisError, OSError):
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 30.0)

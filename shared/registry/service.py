@@ -1,0 +1,105 @@
+"""Model versions: resolve the active one, list, register, activate (also a roll-back), promote."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from shared.core.tables import ModelVersion, VersionStatus
+from shared.registry.errors import CorruptVersion, VersionNotFound
+from shared.registry.manifest import validate_version_folder
+from shared.registry.notify import notify_active
+
+
+def get_active(*, session: Session) -> ModelVersion | None:
+    """The active version, or None while the registry is empty."""
+    return session.scalar(select(ModelVersion).where(ModelVersion.status == VersionStatus.active))
+
+
+def get_version(*, session: Session, version: int) -> ModelVersion | None:
+    """One version by number."""
+    return session.get(ModelVersion, version)
+
+
+def list_versions(*, session: Session) -> list[ModelVersion]:
+    """All versions, newest first."""
+    return list(session.scalars(select(ModelVersion).order_by(ModelVersion.version.desc())))
+
+
+def next_version_number(*, session: Session) -> int:
+    """N+1 for the highest registered version N (1 for an empty registry)."""
+    return (session.scalar(select(func.max(ModelVersion.version))) or 0) + 1
+
+
+def register_version(
+    *,
+    session: Session,
+    version: int,
+    path: str,
+    base_model: str,
+    data_hash: str,
+    data_ref: dict[str, Any],
+    params: dict[str, Any],
+    metrics: dict[str, Any],
+    labels: list[str],
+    val_f1: float | None,
+    test_f1: float | None,
+    training_run_id: Any = None,
+) -> ModelVersion:
+    """Insert a candidate version row (flushed, not committed)."""
+    row = ModelVersion(
+        version=version,
+        status=VersionStatus.candidate,
+        path=path,
+        base_model=base_model,
+        data_hash=data_hash,
+        data_ref=data_ref,
+        params=params,
+        metrics=metrics,
+        labels=labels,
+        val_f1=val_f1,
+        test_f1=test_f1,
+        training_run_id=training_run_id,
+    )
+    session.add(row)
+    session.flush()
+    return row
+
+
+def activate(*, session: Session, version: int) -> ModelVersion:
+    """Make ``version`` the only active version; the previous one is retired.
+
+    The folder is checked first: a missing or corrupt one raises CorruptVersion and nothing changes.
+    Flushed, not committed; call ``notify_active`` after the commit.
+    """
+    target = session.get(ModelVersion, version, with_for_update=True)
+    if target is None:
+        raise VersionNotFound(f"model version {version} does not exist")
+    try:
+        validate_version_folder(target.path)
+    except CorruptVersion as exc:
+        raise CorruptVersion(f"{exc}; the active version is unchanged") from None
+    if target.status == VersionStatus.active:
+        return target
+    session.execute(
+        update(ModelVersion)
+        .where(ModelVersion.status == VersionStatus.active)
+        .values(status=VersionStatus.retired)
+    )
+    # Flush the retirement first: the partial unique index allows one active row at a time.
+    session.flush()
+    target.status = VersionStatus.active
+    target.activated_at = datetime.now(UTC)
+    session.flush()
+    return target
+
+
+def promote(*, session: Session, version: int, redis_url: str) -> ModelVersion:
+    """Activate ``version``, commit, and announce it."""
+    row = activate(session=session, version=version)
+    session.commit()
+    notify_active(redis_url=redis_url, version=version)
+    return row

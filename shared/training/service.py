@@ -1,0 +1,206 @@
+"""Training runs in the database: create, read, cancel, and the row updates a running run makes."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from shared.core.config import Settings
+from shared.core.tables import RunStatus, TrainingEpoch, TrainingRun
+from shared.keys.owner import Owner
+from shared.training.errors import BrokerUnavailable, DataError, RunFinished, RunNotFound
+from shared.training.params import TrainParams
+from shared.training.references import HUB_ID, DataSpec, check_references
+
+TRAIN_TASK = "ner.train.run"
+FINISHED = (RunStatus.succeeded, RunStatus.failed, RunStatus.cancelled)
+RESUMED_FROM_KEY = "_resumed_from_step"  # kept in params by the worker, for the ETA after a resume
+
+
+def allowed_roots(settings: Settings) -> list[Path]:
+    """Folders training data may come from: NER_DATA_ROOTS, plus the operator's bootstrap data."""
+    roots = list(settings.data_roots)
+    if settings.bootstrap_data:
+        path = Path(settings.bootstrap_data).expanduser()
+        if path.exists():
+            roots.append(path.resolve())
+    return roots
+
+
+def check_base_model(base_model: str, *, settings: Settings) -> None:
+    """A base model is the configured one, a hub id, or a folder under the data roots or artifacts.
+
+    Any other local path is refused: a request must not make the trainer read arbitrary folders.
+    """
+    if base_model == settings.base_model:
+        return
+    path = Path(base_model).expanduser()
+    local = path.is_absolute() or base_model.startswith((".", "~")) or ".." in path.parts
+    if not local and HUB_ID.match(base_model) and not path.exists():
+        return  # a Hugging Face model id
+    resolved = path.resolve()
+    allowed = [*allowed_roots(settings), settings.artifacts_dir]
+    if not any(resolved == root or resolved.is_relative_to(root) for root in allowed):
+        raise DataError(
+            f"base_model: {base_model!r} is neither a Hugging Face model id nor a folder inside "
+            "NER_DATA_ROOTS or NER_ARTIFACTS_DIR"
+        )
+
+
+def create_run(
+    *,
+    session: Session,
+    settings: Settings,
+    data: DataSpec,
+    params: dict[str, Any],
+    base_model: str | None = None,
+    api_key_id: int | None = None,
+    request_id: str | None = None,
+) -> TrainingRun:
+    """Check the data references and store a queued run (committed); the caller enqueues it."""
+    check_references(data, roots=allowed_roots(settings))
+    if base_model:
+        check_base_model(base_model, settings=settings)
+    run = TrainingRun(
+        status=RunStatus.queued,
+        params=params,
+        data=data.as_dict(),
+        base_model=base_model or settings.base_model,
+        api_key_id=api_key_id,
+        request_id=request_id,
+    )
+    session.add(run)
+    session.commit()
+    return run
+
+
+def enqueue_run(*, run_id: uuid.UUID) -> None:
+    """Send the run to the training queue (by name: the gateway does not import torch)."""
+    from shared.core.celery_app import celery_app
+
+    celery_app.send_task(TRAIN_TASK, args=[str(run_id)])
+
+
+def start_run(
+    *,
+    session: Session,
+    settings: Settings,
+    data: str | dict[str, Any],
+    overrides: dict[str, Any],
+    base_model: str | None,
+    owner: Owner,
+    request_id: str | None,
+) -> TrainingRun:
+    """Check a request, store the run and queue it; a broker that is down fails the run (503)."""
+    from kombu.exceptions import OperationalError as KombuOperationalError
+
+    params = TrainParams(**{"loss": settings.train_loss, **overrides})
+    run = create_run(
+        session=session,
+        settings=settings,
+        data=DataSpec.parse(data),
+        params=params.as_dict(),
+        base_model=base_model,
+        api_key_id=owner.key_id,
+        request_id=request_id,
+    )
+    try:
+        enqueue_run(run_id=run.id)
+    except (KombuOperationalError, OSError) as exc:
+        finish(session=session, run_id=run.id, status=RunStatus.failed, error=f"could not queue: {exc}")
+        raise BrokerUnavailable("the broker is unreachable; the run was not queued") from None
+    return run
+
+
+def get_run(*, session: Session, run_id: uuid.UUID, owner: Owner | None = None) -> TrainingRun:
+    """One run; 404 when it does not exist or ``owner`` may not see it (ids of other keys do not leak)."""
+    run = session.get(TrainingRun, run_id)
+    if run is None or (owner is not None and not owner.sees(run.api_key_id)):
+        raise RunNotFound(f"training run {run_id} does not exist")
+    return run
+
+
+def list_runs(*, session: Session, owner: Owner | None = None, limit: int = 50) -> list[TrainingRun]:
+    """The newest runs first (only the owner's, unless admin)."""
+    query = select(TrainingRun).order_by(TrainingRun.created_at.desc()).limit(limit)
+    if owner is not None and not owner.admin:
+        query = query.where(TrainingRun.api_key_id == owner.key_id)
+    return list(session.scalars(query))
+
+
+def request_cancel(*, session: Session, run_id: uuid.UUID, owner: Owner | None = None) -> TrainingRun:
+    """A queued run is cancelled at once; a running one stops within seconds (the worker checks)."""
+    get_run(session=session, run_id=run_id, owner=owner)
+    run = session.get(TrainingRun, run_id, with_for_update=True)
+    if run is None:
+        raise RunNotFound(f"training run {run_id} does not exist")
+    if run.status in FINISHED:
+        raise RunFinished(f"training run {run_id} already {run.status.value}")
+    run.cancel_requested = True
+    if run.status == RunStatus.queued:
+        run.status = RunStatus.cancelled
+        run.finished_at = datetime.now(UTC)
+    session.commit()
+    return run
+
+
+# --- updates made by the worker -----------------------------------------------------------------
+
+
+def mark_running(*, session: Session, run: TrainingRun, checkpoint_dir: str) -> None:
+    run.status = RunStatus.running
+    run.started_at = datetime.now(UTC)
+    run.checkpoint_dir = checkpoint_dir
+    run.error = None
+    session.commit()
+
+
+def record_start(*, session: Session, run_id: uuid.UUID, total_steps: int, resumed_from: int) -> None:
+    run = get_run(session=session, run_id=run_id)
+    run.total_steps = total_steps
+    run.step = resumed_from
+    run.params = {**(run.params or {}), RESUMED_FROM_KEY: resumed_from}
+    run.started_at = datetime.now(UTC)
+    session.commit()
+
+
+def record_progress(*, session: Session, run_id: uuid.UUID, step: int, total_steps: int) -> None:
+    run = get_run(session=session, run_id=run_id)
+    run.step, run.total_steps = step, total_steps
+    session.commit()
+
+
+def record_epoch(*, session: Session, run_id: uuid.UUID, values: dict[str, Any]) -> None:
+    """Upsert by (run, epoch): an epoch reported again after a resume replaces its row.
+
+    ``values``: the epoch's number and scores (``trainer.metrics.EpochMetrics.as_dict()``).
+    """
+    session.merge(TrainingEpoch(run_id=run_id, **values))
+    session.commit()
+
+
+def cancel_requested(*, session: Session, run_id: uuid.UUID) -> bool:
+    return bool(session.scalar(select(TrainingRun.cancel_requested).where(TrainingRun.id == run_id)))
+
+
+def finish(
+    *,
+    session: Session,
+    run_id: uuid.UUID,
+    status: RunStatus,
+    error: str | None = None,
+    **values: Any,
+) -> TrainingRun:
+    run = get_run(session=session, run_id=run_id)
+    run.status = status
+    run.error = error
+    run.finished_at = datetime.now(UTC)
+    for key, value in values.items():
+        setattr(run, key, value)
+    session.commit()
+    return run

@@ -1,0 +1,231 @@
+"""The inference engine against a real fine-tuned checkpoint: spans, Unicode, long texts, devices."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from transformers import AutoModelForTokenClassification, AutoTokenizer, pipeline
+
+from shared.core.config import get_settings
+from shared.predict import casing
+from shared.predict.engine import EngineOptions, ModelLoadError, NerEngine
+from shared.predict.engine.batching import group_by_length
+from shared.predict.engine.runtime import cpu_threads, pick_device
+from shared.predict.engine.spans import decode_entities
+from shared.predict.engine.windows import plan_windows
+from shared.predict.schemas import Entity
+from trainer.conll import read_conll
+
+GOOGLE = "Google was founded by Larry Page and Sergey Brin in California."
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_dir: Path) -> NerEngine:
+    return NerEngine.load(tiny_model_dir)
+
+
+def _spans(entities: list[Entity]) -> list[tuple[str, int, int]]:
+    return [(e.entity_group, e.start, e.end) for e in entities]
+
+
+def _assert_well_formed(text: str, entities: list[Entity]) -> None:
+    previous_end = 0
+    for entity in entities:
+        assert 0 <= previous_end <= entity.start < entity.end <= len(text), (entities, text)
+        assert entity.word == text[entity.start : entity.end]
+        assert 0.0 <= entity.score <= 1.0
+        previous_end = entity.end
+
+
+def test_google_sentence_keeps_the_callers_casing(engine: NerEngine) -> None:
+    [entities] = engine.predict([GOOGLE])
+    assert [(e.word, e.entity_group) for e in entities] == [
+        ("Google", "ORG"),
+        ("Larry Page", "PER"),
+        ("Sergey Brin", "PER"),
+        ("California", "LOC"),
+    ]
+    _assert_well_formed(GOOGLE, entities)
+
+
+def test_entities_equal_the_transformers_pipeline_with_first_strategy(
+    engine: NerEngine, tiny_model_dir: Path
+) -> None:
+    sentences = [" ".join(s.tokens) for s in read_conll(get_settings().conll_dir / "eng.testb", limit=120)]
+    reference = pipeline("token-classification", model=str(tiny_model_dir), aggregation_strategy="first")
+    expected = reference(sentences, batch_size=16)
+    ours = engine.predict(sentences)
+    assert sum(len(entities) for entities in ours) > 100  # the comparison covers many entities
+    for sentence, mine, theirs in zip(sentences, ours, expected, strict=True):
+        assert _spans(mine) == [(e["entity_group"], e["start"], e["end"]) for e in theirs], sentence
+        assert [e.score for e in mine] == pytest.approx([float(e["score"]) for e in theirs], abs=1e-4)
+        _assert_well_formed(sentence, mine)
+
+
+def test_batched_prediction_equals_one_text_at_a_time(engine: NerEngine) -> None:
+    texts = [GOOGLE, "Kofi Annan", "  ", "In Brussels , the European Commission said on Monday " * 5, "EU"]
+    together = engine.predict(texts)
+    for text, entities in zip(texts, together, strict=True):
+        [alone] = engine.predict([text])
+        assert _spans(entities) == _spans(alone)
+        assert [e.score for e in entities] == pytest.approx([e.score for e in alone], abs=1e-4)
+
+
+def test_empty_and_whitespace_texts_have_no_entities(engine: NerEngine) -> None:
+    assert engine.predict(["", " \r\n\t  ", "\u3000\u00a0"]) == [[], [], []]
+    assert engine.predict([]) == []
+
+
+# Pieces mixing entity names with the characters that break naive offset handling.
+_NAMES = ["Google", "Larry Page", "Sergey Brin", "California", "Kofi Annan", "Müller", "Zürich", "José"]
+_ODD = st.text(
+    alphabet=st.one_of(
+        st.sampled_from(list("éÉñçøß東京北京日本😀🇩🇪👍🏽\u0301\u0308\u200d\ufe0f\r\n\t .,;:-'\"()")),
+        st.characters(codec="utf-8"),
+    ),
+    max_size=12,
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    pieces=st.lists(st.one_of(st.sampled_from(_NAMES), _ODD), min_size=1, max_size=12),
+    joiner=st.sampled_from([" ", "\r\n", "\t", "", " \u0301 "]),
+)
+def test_offsets_slice_the_original_text_for_any_unicode(
+    engine: NerEngine, pieces: list[str], joiner: str
+) -> None:
+    text = joiner.join(pieces)
+    [entities] = engine.predict([text])
+    _assert_well_formed(text, entities)
+    for entity in entities:
+        # A word is never cut before its own combining marks (accent-stripping tokenizers end early).
+        assert entity.end == len(text) or not unicodedata.category(text[entity.end]).startswith("M")
+
+
+def test_decomposed_accents_and_lone_surrogates_keep_offsets(engine: NerEngine) -> None:
+    text = "Jose\u0301 Mu\u0308ller visited Zu\u0308rich ; \ud800 Larry Page spoke in California ."
+    [entities] = engine.predict([text])
+    _assert_well_formed(text, entities)
+    assert "Larry Page" in [e.word for e in entities]
+    assert any(e.word.endswith("\u0301") or e.word.endswith("ller") for e in entities)
+
+
+def test_windows_cover_every_token_once_with_the_stride_as_context() -> None:
+    for n_tokens in (1, 5, 30, 31, 100, 997):
+        for size, stride in ((30, 8), (30, 0), (16, 15)):
+            windows = plan_windows(0, n_tokens, size, stride)
+            owned = [t for w in windows for t in range(w.own_start, w.own_end)]
+            assert owned == list(range(n_tokens))
+            for w in windows:
+                assert w.end - w.start <= size
+                assert w.start <= w.own_start <= w.own_end <= w.end
+                if w.own_start > 0:
+                    assert w.own_start - w.start >= min(stride, size // 2) // 2
+                if w.own_end < n_tokens:
+                    assert w.end - w.own_end >= min(stride, size // 2) // 2
+
+
+def test_entities_at_window_edges_are_reported_once_and_whole(tiny_model_dir: Path) -> None:
+    # Small windows so that many names straddle a window edge; padding shifts them along.
+    engine = NerEngine.load(tiny_model_dir, EngineOptions(max_window_tokens=24, stride_tokens=8))
+    parts = ["word " * (i % 7) + "Sergey Brin met Larry Page in California ." for i in range(40)]
+    text = " ".join(parts)
+    [entities] = engine.predict([text])
+    _assert_well_formed(text, entities)
+
+    encoding = engine.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    windows = plan_windows(0, len(encoding["input_ids"]), engine.window_tokens, engine.stride_tokens)
+    assert len(windows) > 10
+    # Character positions where a window starts or ends, or where ownership passes to the next window.
+    starts = [start for start, _ in encoding["offset_mapping"]]
+    edges = {starts[t] for w in windows[1:] for t in (w.start, w.own_start)}
+    edges |= {starts[w.end] for w in windows[:-1]}
+    found = {(e.start, e.end): e for e in entities}
+    straddling = 0
+    for name, group in (("Sergey Brin", "PER"), ("Larry Page", "PER"), ("California", "LOC")):
+        for match in re.finditer(name, text):
+            entity = found.get(match.span())
+            assert entity is not None and entity.entity_group == group, (name, match.span(), entities)
+            straddling += any(match.start() < edge < match.end() for edge in edges)
+    assert straddling > 0  # the test did put names across window edges
+
+
+def test_int8_quantization_runs_and_agrees_on_a_clear_sentence(tiny_model_dir: Path) -> None:
+    engine = NerEngine.load(tiny_model_dir, EngineOptions(quantize="int8"))
+    assert engine.precision == "int8"
+    [entities] = engine.predict([GOOGLE])
+    _assert_well_formed(GOOGLE, entities)
+    assert {e.word for e in entities} >= {"Larry Page", "Sergey Brin", "California"}
+
+
+def test_device_selection_prefers_cuda_when_present(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert pick_device("auto").type == "cuda"
+    assert pick_device("cpu").type == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert pick_device("auto").type == "cpu"
+    with pytest.raises(RuntimeError, match="NER_DEVICE=cuda"):
+        pick_device("cuda")
+
+
+def test_cpu_threads_follow_the_cores_this_process_may_use() -> None:
+    import os
+
+    assert cpu_threads() == len(os.sched_getaffinity(0))
+    assert cpu_threads(3) == 3
+
+
+def test_a_folder_without_a_model_is_a_clear_load_error(tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match=str(tmp_path)):
+        NerEngine.load(tmp_path)
+
+
+def test_models_trained_with_the_case_feature_get_case_type_ids(tiny_model_dir: Path, tmp_path: Path) -> None:
+    # A case-feature checkpoint: grown token-type embeddings (random rows make case matter a lot).
+    model = AutoModelForTokenClassification.from_pretrained(tiny_model_dir)
+    torch.manual_seed(0)
+    model.bert.embeddings.token_type_embeddings = torch.nn.Embedding(casing.NUM_CASE_TYPES, 384)
+    model.config.type_vocab_size = casing.NUM_CASE_TYPES
+    setattr(model.config, casing.CONFIG_KEY, casing.CONFIG_VALUE)
+    model.save_pretrained(tmp_path)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(tmp_path)
+
+    engine = NerEngine.load(tmp_path)
+    assert engine.case_feature
+    [entities] = engine.predict([GOOGLE])
+
+    encoding = engine.tokenizer(GOOGLE, return_offsets_mapping=True, return_tensors="pt")
+    offsets = encoding["offset_mapping"][0].tolist()
+    with torch.inference_mode():
+        cased = model.eval()(
+            input_ids=encoding["input_ids"],
+            attention_mask=encoding["attention_mask"],
+            token_type_ids=torch.tensor([casing.case_type_ids(GOOGLE, offsets)]),
+        ).logits.softmax(-1)[0]
+        uncased = model(input_ids=encoding["input_ids"]).logits.softmax(-1)[0]
+    assert not torch.allclose(cased, uncased, atol=1e-3)  # the ids do change the answer
+    expected = decode_entities(GOOGLE, encoding.word_ids(0), offsets, cased.numpy(), engine.id2label)
+    assert _spans(entities) == _spans(expected)
+    assert [e.score for e in entities] == pytest.approx([e.score for e in expected], abs=1e-4)
+
+
+def test_forward_groups_bound_padding_and_size() -> None:
+    lengths = [17, 12, 124, 20, 15, 60, 18, 22, 14, 16] * 4
+    groups = group_by_length(lengths, max_batch=8, max_padding=0.25)
+    assert sorted(i for group in groups for i in group) == list(range(len(lengths)))
+    for group in groups:
+        assert len(group) <= 8
+        padded = len(group) * max(lengths[i] for i in group)
+        assert padded - sum(lengths[i] for i in group) <= 0.25 * padded
+    # The long outliers never share a pass with the short sentences.
+    assert all(
+        {lengths[i] for i in group} & {124} == set() or min(lengths[i] for i in group) > 60
+        for group in groups
+    )
