@@ -842,7 +842,8 @@ def main(argv: list[str] | None = None) -> int:
     # Nothing here comes from the Hugging Face hub; offline, a stray lookup fails at once (no timeout).
     for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
         os.environ.setdefault(name, "1")
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads (see shared/predict/engine/__init__.py)
+    # Before torch loads (see shared/predict/engine/__init__.py).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if args.import_section:
         return import_section(args.import_section)
     if args.prepare:
