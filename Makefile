@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint format install clean bench-predict bench-jobs bench-train bench-gpu
+.PHONY: run test lint format install clean bench-predict bench-jobs bench-train bench-gpu bench-quality bench-soak
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -49,6 +49,18 @@ bench-predict: $(STAMP)
 # ingesting a 1,000,000-line upload. Needs PostgreSQL on 127.0.0.1:5432 (a private database).
 bench-jobs: $(STAMP)
 	$(BIN)/python -m bench.jobs
+
+# Predict clients, bulk jobs and SIGKILLs of workers (pool child, --beat main process), a gateway
+# restart: documents lost or duplicated, recovery times, errors by phase, RSS. Loopback only;
+# 10 minutes (`$(BIN)/python -m bench.soak --minutes 3` for a shorter run). Needs PostgreSQL.
+bench-soak: $(STAMP)
+	$(BIN)/python -m bench.soak
+
+# What users get from the shipped model: trainer-side vs engine scores (sentences, whole documents),
+# per entity type, fp32 and int8, on eng.testb (minutes on 2 cores). `--baseline-src DIR` adds
+# whole-document throughput side by side with another checkout (docs/benchmarks.md, quality).
+bench-quality: $(STAMP)
+	$(BIN)/python -m bench.quality
 
 # Default recipe on full CoNLL-2003 (3 epochs, CPU), the four losses, throughput vs the HF Trainer.
 # Hours on 2 shared cores; `$(BIN)/python -m bench.train --only default` runs one part.

@@ -6,17 +6,21 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from gateway import errors, prediction
+from gateway.guard import BodyGuardMiddleware
 from gateway.middleware import RequestContextMiddleware
 from gateway.openapi import document_errors
-from gateway.routers import health, jobs, metrics, models, predict, train, ui
+from gateway.routers import docs, health, hf, jobs, kserve, labelstudio, metrics, models, predict, train, ui
 from shared.core.config import get_settings
 from shared.core.logging import configure_logging
+from shared.registry import seed
 
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    seed.seed_registry(settings=get_settings())  # an empty registry gets the shipped model as v1
     # The model loads in a background thread: the app answers /healthz (and 503s) meanwhile.
     prediction.start(app, get_settings())
     yield
@@ -32,6 +36,8 @@ def create_app() -> FastAPI:
         summary="Named-entity recognition: synchronous predict, bulk jobs, retraining, model registry.",
         version="0.1.0",
         lifespan=lifespan,
+        docs_url=None,  # served by routers/docs.py from local assets
+        redoc_url=None,
     )
     app.include_router(health.router)
     app.include_router(predict.router)
@@ -39,7 +45,21 @@ def create_app() -> FastAPI:
     app.include_router(train.router)
     app.include_router(models.router)
     app.include_router(metrics.router)
+    app.include_router(hf.router)  # the Hugging Face Inference API shape
+    app.include_router(kserve.router)  # Open Inference Protocol (KServe V2)
+    app.include_router(labelstudio.router)  # Label Studio's ML backend
+    app.include_router(docs.router)  # /docs and /redoc, offline
     app.include_router(ui.router)  # the web UI at / and /static: open without a key
+    # The key before the body, and a byte cap on every body (innermost of the three).
+    app.add_middleware(BodyGuardMiddleware)
+    if settings.cors_origins:  # empty by default: no cross-origin caller is allowed
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["X-API-Key", "Authorization", "Content-Type", "Idempotency-Key", "X-Request-ID"],
+            expose_headers=["X-Request-ID", "Retry-After", "Location", "Idempotent-Replayed"],
+        )
     # Request id, access log and HTTP metrics for every request (added last: outermost).
     app.add_middleware(RequestContextMiddleware)
     errors.install(app)  # every domain error answers with its own status code

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import base64
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -12,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from shared.core.config import Settings, get_settings
 from shared.core.db import get_sessionmaker
+from shared.core.redis import redis_client
 from shared.core.tables import ApiKeyScope
 from shared.keys import ratelimit
 from shared.keys import service as keys
@@ -35,6 +37,7 @@ class Principal:
     key_id: int | None
     scope: ApiKeyScope
     prefix: str | None = None  # the key's non-secret prefix, for logs
+    rate_limit_per_minute: int | None = None  # the key's own limit; None: NER_RATE_LIMIT_PER_MINUTE
 
     @property
     def is_admin(self) -> bool:
@@ -57,41 +60,101 @@ ApiKeyHeaderDep = Annotated[str | None, Security(api_key_header)]
 BearerDep = Annotated[HTTPAuthorizationCredentials | None, Security(bearer_scheme)]
 
 
-def _authenticate(presented: str | None) -> Principal:
-    """The principal of a presented key; 401 when it is missing, unknown or revoked."""
+def authenticate(presented: str | None, *, address: str | None, settings: Settings) -> Principal:
+    """The principal of a presented key; 401 when it is missing, unknown or revoked.
+
+    Failed checks are counted per client address and key prefix; past NER_AUTH_FAIL_LIMIT in a
+    window the next one is refused (429) before any scrypt is spent on it.
+    """
     if not presented:
         raise Unauthenticated(
             "missing API key: send it in the X-API-Key header or as Authorization: Bearer <key>"
         )
+    plaintext = presented.strip()
+    prefix = keys.parse_prefix(plaintext)
+    throttle = ratelimit.AuthThrottle(
+        redis_client(settings.redis_url), limit=settings.auth_fail_limit, window_s=settings.auth_fail_window_s
+    )
+
+    def before_scrypt(key_prefix: str) -> None:
+        wait = throttle.retry_after(address=address, prefix=key_prefix)
+        if wait:
+            raise RateLimited(
+                f"too many failed API key checks from this address or for this key; retry in {wait} s",
+                retry_after_s=wait,
+            )
+
     # A session of its own, closed at once: a connection must not stay checked out for the whole
     # (maybe long) request.
     with get_sessionmaker()() as session:
-        key = keys.authenticate(session=session, plaintext=presented.strip())
+        key = keys.authenticate(session=session, plaintext=plaintext, before_scrypt=before_scrypt)
     if key is None:
+        if prefix is not None:  # only checks that cost a scrypt are counted
+            throttle.record_failure(address=address, prefix=prefix)
         raise Unauthenticated("invalid or revoked API key", error="invalid_token")
-    return Principal(key_id=key.id, scope=key.scope, prefix=key.prefix)
+    return Principal(
+        key_id=key.id, scope=key.scope, prefix=key.prefix, rate_limit_per_minute=key.rate_limit_per_minute
+    )
+
+
+def presented_key(headers: Mapping[str, str]) -> str | None:
+    """The key of ``X-API-Key``, ``Authorization: Bearer`` or (Label Studio) the password of
+    ``Authorization: Basic``, as the security schemes read them."""
+    if value := headers.get("x-api-key"):
+        return value
+    scheme, _, credentials = headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and credentials:
+        return credentials
+    if scheme.lower() == "basic" and credentials:
+        try:
+            decoded = base64.b64decode(credentials.strip(), validate=True).decode("utf-8")
+        except (ValueError, UnicodeDecodeError):
+            return None
+        return decoded.partition(":")[2] or None
+    return None
 
 
 def is_rate_limited_route(method: str, template: str) -> bool:
-    """``/predict*``, and job submission: a POST to a jobs route that names no existing job."""
+    """``/predict*``; job submission (a POST to a jobs route that names no existing job); starting a
+    training run and uploading training data."""
     if template.startswith("/predict"):
+        return True
+    if method == "POST" and template in ("/train", "/train/uploads"):
         return True
     return method == "POST" and template.startswith("/jobs") and "{" not in template
 
 
-def _enforce_rate_limit(principal: Principal, settings: Settings) -> None:
-    decision = ratelimit.check_rate(
+def _per_minute(principal: Principal, settings: Settings) -> int:
+    return principal.rate_limit_per_minute or settings.rate_limit_per_minute
+
+
+def charge(principal: Principal, settings: Settings, *, cost: int = 1) -> None:
+    """Take ``cost`` tokens of the key's bucket; 429 with Retry-After when it has not got them."""
+    if principal.key_id is None:
+        return  # auth off: no limits
+    per_minute = _per_minute(principal, settings)
+    decision = ratelimit.check_cost(
         redis_url=settings.redis_url,
         key=f"key:{principal.key_id}",
-        per_minute=settings.rate_limit_per_minute,
-        burst=settings.rate_limit_burst,
+        per_minute=per_minute,
+        # A key's own limit sizes its own bucket; the shared burst setting is for the default.
+        burst=None if principal.rate_limit_per_minute else settings.rate_limit_burst,
+        cost=cost,
     )
     if not decision.allowed:
         raise RateLimited(
-            f"rate limit of {settings.rate_limit_per_minute} requests a minute for this API key "
-            f"exceeded; retry in {decision.retry_after_s} s",
+            f"rate limit of {per_minute} requests a minute for this API key exceeded "
+            f"(a request costs 1 + characters / {settings.rate_limit_chars_per_token}); "
+            f"retry in {decision.retry_after_s} s",
             retry_after_s=decision.retry_after_s,
         )
+
+
+def charge_characters(principal: Principal, settings: Settings, characters: int) -> None:
+    """Charge the work of a predict request beyond the one token its admission cost."""
+    extra = characters // settings.rate_limit_chars_per_token
+    if extra:
+        charge(principal, settings, cost=extra)
 
 
 def require_scope(scope: str, *, rate_limited: bool | None = None) -> Callable[..., Principal]:
@@ -109,7 +172,12 @@ def require_scope(scope: str, *, rate_limited: bool | None = None) -> Callable[.
         if settings.auth == "off":
             principal = Principal(key_id=None, scope=ApiKeyScope.admin)
         else:
-            principal = _authenticate(header_key or (bearer.credentials if bearer else None))
+            # Routes with a body were authenticated by the body guard before the body was read.
+            principal = getattr(request.state, "principal", None)
+            if not isinstance(principal, Principal) or principal.key_id is None:
+                client = request.client.host if request.client else None
+                presented = header_key or (bearer.credentials if bearer else None)
+                principal = authenticate(presented, address=client, settings=settings)
             request.state.principal = principal  # the access log names the key (prefix) from here on
             if not principal.is_admin and principal.scope != wanted:
                 raise Forbidden(
@@ -120,7 +188,7 @@ def require_scope(scope: str, *, rate_limited: bool | None = None) -> Callable[.
                 template = getattr(request.scope.get("route"), "path", request.url.path)
                 limited = is_rate_limited_route(request.method, template)
             if limited:
-                _enforce_rate_limit(principal, settings)
+                charge(principal, settings)
         request.state.principal = principal
         return principal
 

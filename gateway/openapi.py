@@ -3,7 +3,9 @@
 - 401, 403 (and 429 where rate-limited) from the API-key check, on every secured operation;
 - 422 with ``{"detail": "<message>"}`` as well as FastAPI's list of validation errors: routes
   raise 422 with a plain message for input they check themselves;
-- 400 for a body that cannot even be decoded (FastAPI answers that before any route runs).
+- 400 for a body that cannot even be decoded (FastAPI answers that before any route runs);
+- 413 on every operation with a body (the body guard's byte cap), 429 on every secured one (the
+  failed-auth throttle, besides the rate limit where there is one).
 """
 
 from __future__ import annotations
@@ -30,11 +32,19 @@ _AUTH_RESPONSES: dict[str, dict[str, Any]] = {
     "403": {"description": "The API key's scope does not allow this route", "content": _ERROR},
 }
 _BAD_BODY = {"description": "A body that cannot be decoded (not UTF-8, say)", "content": _ERROR}
+_RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait", "schema": {"type": "integer"}}}
 _RATE_LIMITED = {
-    "description": "Over this API key's rate limit (NER_RATE_LIMIT_PER_MINUTE)",
-    "headers": {"Retry-After": {"description": "Seconds to wait", "schema": {"type": "integer"}}},
+    "description": "Over this API key's rate limit (NER_RATE_LIMIT_PER_MINUTE, or the key's own), "
+    "or too many failed key checks from this address or for this key (NER_AUTH_FAIL_LIMIT)",
+    "headers": _RETRY_AFTER,
     "content": _ERROR,
 }
+_AUTH_THROTTLED = {
+    "description": "Too many failed key checks from this address or for this key (NER_AUTH_FAIL_LIMIT)",
+    "headers": _RETRY_AFTER,
+    "content": _ERROR,
+}
+_TOO_LARGE = {"description": "The body is over this route's byte cap (see the message)", "content": _ERROR}
 
 
 def _either_422(response: dict[str, Any]) -> None:
@@ -66,12 +76,18 @@ def document_errors(app: FastAPI) -> None:
                     _either_422(responses["422"])
                 if "requestBody" in operation:
                     responses.setdefault("400", _BAD_BODY)
+                    responses.setdefault("413", _TOO_LARGE)  # gateway.guard's cap, on every body
                 if not operation.get("security"):
                     continue
                 for code, response in _AUTH_RESPONSES.items():
                     responses.setdefault(code, response)
                 if is_rate_limited_route(method.upper(), path):
                     responses.setdefault("429", _RATE_LIMITED)
+                else:
+                    responses.setdefault("429", _AUTH_THROTTLED)
+                # A route's own 429 (a quota, say) comes with Retry-After and the error body too.
+                responses["429"].setdefault("headers", _RETRY_AFTER)
+                responses["429"].setdefault("content", _ERROR)
         app.openapi_schema = schema
         return schema
 

@@ -19,6 +19,9 @@ TEST_ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 # Before anything imports torch: OpenMP threads that spin at barriers make small forward passes
 # ~10x slower on the busy shared cores tests run on (see shared/predict/engine/__init__.py).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Tests start from an empty registry unless they seed it: no shipped model as version 1 (in-process
+# and in every child process); tests of the shipped model set NER_DEFAULT_MODEL themselves.
+os.environ.setdefault("NER_DEFAULT_MODEL", "none")
 
 
 @pytest.fixture(scope="session")

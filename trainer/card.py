@@ -19,13 +19,22 @@ METRICS_FILE = "metrics.json"
 CARD_FILE = "README.md"
 
 
-def metrics_document(result: TrainResult) -> dict[str, Any]:
-    """Everything measured in a run, JSON-ready (written as metrics.json and stored on the version)."""
+EngineScores = dict[str, dict[str, Any]]  # trainer.evaluation.engine_reports: split -> mode -> report
+MODES = (("sentences", "one sentence per text"), ("documents", "whole documents"))
+
+
+def metrics_document(result: TrainResult, engine_scores: EngineScores | None = None) -> dict[str, Any]:
+    """Everything measured in a run, JSON-ready (written as metrics.json and stored on the version).
+
+    ``validation`` and ``test`` are the training loop's scores (on the labelled sub-tokens, used to
+    pick the epoch); ``engine`` holds the same splits scored through the engine, as users get them.
+    """
     return {
         "epochs": [row.as_dict() for row in result.epochs],
         "best_epoch": result.best_epoch,
         "validation": result.validation,
         "test": result.test,
+        "engine": engine_scores or {},
         "train_seconds": round(result.train_seconds, 2),
         "train_tokens": result.train_tokens,
         "tokens_per_second": round(result.tokens_per_second, 1),
@@ -33,7 +42,13 @@ def metrics_document(result: TrainResult) -> dict[str, Any]:
 
 
 def model_card(
-    *, result: TrainResult, base_model: str, data: LoadedData, params: TrainParams, version: int | None
+    *,
+    result: TrainResult,
+    base_model: str,
+    data: LoadedData,
+    params: TrainParams,
+    version: int | None,
+    engine_scores: EngineScores | None = None,
 ) -> str:
     """A model card: what it was trained from and on, how, and how well it scores."""
     title = f"NER model version {version}" if version is not None else "NER model"
@@ -61,11 +76,27 @@ def model_card(
         format_epoch_table(result.epochs),
         "```",
     ]
+    for split, splits_report in (engine_scores or {}).items():
+        for mode, how in MODES:
+            report = splits_report.get(mode)
+            if report:
+                lines += [
+                    "",
+                    f"## {split.capitalize()} scores through the engine, {how} (entity level, seqeval)",
+                    "",
+                    "Raw text as users send it (tokens joined by spaces"
+                    + (", sentences by newlines" if mode == "documents" else "")
+                    + "), the engine's character spans mapped back onto the tokens.",
+                    "",
+                    "```",
+                    format_per_type(report, split.capitalize()),
+                    "```",
+                ]
     for name, report in (("Validation", result.validation), ("Test", result.test)):
         if report:
             lines += [
                 "",
-                f"## {name} scores (entity level, seqeval)",
+                f"## {name} scores of the training loop (entity level, seqeval)",
                 "",
                 "```",
                 format_per_type(report, name),
@@ -102,10 +133,11 @@ def write_model_folder_extras(
     data: LoadedData,
     params: TrainParams,
     version: int | None,
+    engine_scores: EngineScores | None = None,
 ) -> None:
     """Add metrics.json and the model card to a saved model folder."""
     document = {
-        **metrics_document(result),
+        **metrics_document(result, engine_scores),
         "base_model": base_model,
         "data_hash": data.data_hash,
         "data": data.sources,
@@ -114,7 +146,14 @@ def write_model_folder_extras(
         "version": version,
     }
     (folder / METRICS_FILE).write_text(json.dumps(document, indent=2))
-    card = model_card(result=result, base_model=base_model, data=data, params=params, version=version)
+    card = model_card(
+        result=result,
+        base_model=base_model,
+        data=data,
+        params=params,
+        version=version,
+        engine_scores=engine_scores,
+    )
     (folder / CARD_FILE).write_text(card)
 
 
@@ -125,8 +164,13 @@ def candidate(
     data: LoadedData,
     params: TrainParams,
     training_run_id: uuid.UUID | None = None,
+    engine_scores: EngineScores | None = None,
 ) -> Candidate:
-    """What the registry publishes for a finished run: its folder, scores and model card."""
+    """What the registry publishes for a finished run: its folder, scores and model card.
+
+    The version's validation and test F1 are the engine's (one sentence per text) when measured,
+    else the training loop's.
+    """
     if result.model_dir is None:
         raise ValueError("the run has no model folder to publish")
     return Candidate(
@@ -135,12 +179,25 @@ def candidate(
         data_hash=data.data_hash,
         data_ref=data.sources,
         params=params.as_dict(),
-        metrics=metrics_document(result),
+        metrics=metrics_document(result, engine_scores),
         labels=result.labels,
-        val_f1=result.validation.get("f1"),
-        test_f1=(result.test or {}).get("f1"),
+        val_f1=_engine_f1(engine_scores, "validation", result.validation),
+        test_f1=_engine_f1(engine_scores, "test", result.test),
         training_run_id=training_run_id,
         write_extras=lambda folder, version: write_model_folder_extras(
-            folder, result=result, base_model=base_model, data=data, params=params, version=version
+            folder,
+            result=result,
+            base_model=base_model,
+            data=data,
+            params=params,
+            version=version,
+            engine_scores=engine_scores,
         ),
     )
+
+
+def _engine_f1(engine_scores: EngineScores | None, split: str, loop: dict[str, Any] | None) -> float | None:
+    sentences = (engine_scores or {}).get(split, {}).get("sentences")
+    if sentences is not None:
+        return sentences["f1"]
+    return (loop or {}).get("f1")

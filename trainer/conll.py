@@ -13,6 +13,10 @@ from shared.training.errors import DataError
 class Sentence:
     tokens: list[str]
     tags: list[str]  # IOB2
+    # Which document of the file the sentence is in (counted by -DOCSTART- lines): neighbours in
+    # the same document are its context. Sentences before any -DOCSTART- are each their own
+    # document (negative ids), so a file of unrelated sentences gets no context.
+    document: int = 0
 
 
 def iob1_to_iob2(tags: list[str]) -> list[str]:
@@ -36,22 +40,34 @@ def iter_conll_lines(path: str | Path) -> Iterator[tuple[Sentence, int]]:
     """Sentences of a CoNLL file with the line number of each sentence's first token.
 
     Token first, tag last, any number of columns between, blank lines between sentences,
-    ``-DOCSTART-`` lines skipped.
+    ``-DOCSTART-`` lines start a new document.
     """
     path = Path(path)
     tokens: list[str] = []
     tags: list[str] = []
     first_line = 0
+    documents = 0
+    sentences = 0
+
+    def document() -> int:
+        return documents if documents else -1 - sentences
+
     with path.open(encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):
             line = line.rstrip("\r\n")
             if not line.strip():
                 if tokens:
-                    yield Sentence(tokens, iob1_to_iob2(tags)), first_line
+                    yield Sentence(tokens, iob1_to_iob2(tags), document()), first_line
                     tokens, tags = [], []
+                    sentences += 1
                 continue
             columns = line.split()
             if columns[0] == "-DOCSTART-":
+                if tokens:  # a document start right after a sentence, without a blank line
+                    yield Sentence(tokens, iob1_to_iob2(tags), document()), first_line
+                    tokens, tags = [], []
+                    sentences += 1
+                documents += 1
                 continue
             if len(columns) < 2:
                 raise DataError(f"{path}:{number}: expected 'token ... tag', got {line!r}")
@@ -61,7 +77,7 @@ def iter_conll_lines(path: str | Path) -> Iterator[tuple[Sentence, int]]:
             tokens.append(columns[0])
             tags.append(columns[-1])
     if tokens:
-        yield Sentence(tokens, iob1_to_iob2(tags)), first_line
+        yield Sentence(tokens, iob1_to_iob2(tags), document()), first_line
 
 
 def iter_conll(path: str | Path) -> Iterator[Sentence]:
@@ -78,3 +94,13 @@ def read_conll(path: str | Path, limit: int | None = None) -> list[Sentence]:
             break
         sentences.append(sentence)
     return sentences
+
+
+def read_documents(path: str | Path) -> list[list[Sentence]]:
+    """The documents of a CoNLL file, each a list of its sentences in order."""
+    documents: list[list[Sentence]] = []
+    for sentence in iter_conll(path):
+        if not documents or documents[-1][-1].document != sentence.document:
+            documents.append([])
+        documents[-1].append(sentence)
+    return documents

@@ -10,9 +10,7 @@ the run with a :class:`DataError` naming the file and line.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,8 +19,10 @@ from typing import Any
 import datasets
 import pyarrow.compute as pc
 
+from shared.predict.engine.words import split_words
 from shared.training.errors import DataError
 from shared.training.references import SPLITS, DataSpec, resolve_local, split_files
+from trainer import formats
 from trainer.conll import _check_tag, iob1_to_iob2, iter_conll_lines
 
 log = logging.getLogger(__name__)
@@ -32,15 +32,14 @@ FEATURES = datasets.Features(
         "tokens": datasets.Sequence(datasets.Value("string")),
         "tags": datasets.Sequence(datasets.Value("string")),
         "origin": datasets.Value("string"),
+        # Sentences of one document share an id and are next to each other (context for training);
+        # a sentence with a negative id has no neighbours of its own document.
+        "document": datasets.Value("int64"),
     }
 )
 JSONL_SUFFIXES = {".jsonl", ".json", ".ndjson"}
 # Bump when a reader changes what it yields, so cached Arrow files of older readers are not reused.
-READER_VERSION = "1"
-
-# Words of a JSONL ``text``: runs of word characters or single other non-space characters, as a
-# BERT pre-tokenizer splits them.
-_WORD = re.compile(r"\w+|[^\w\s]")
+READER_VERSION = "2"
 
 
 @dataclass
@@ -72,7 +71,8 @@ def _is_jsonl(path: Path) -> bool:
 
 
 def _words_with_offsets(text: str) -> list[tuple[str, int, int]]:
-    return [(m.group(), m.start(), m.end()) for m in _WORD.finditer(text)]
+    # The engine's own words: what the model is trained to label is what it decodes.
+    return [(text[start:end], start, end) for start, end in split_words(text)]
 
 
 def _tags_from_entities(text: str, entities: Any, where: str) -> tuple[list[str], list[str]]:
@@ -107,51 +107,49 @@ def _tags_from_entities(text: str, entities: Any, where: str) -> tuple[list[str]
 
 def iter_jsonl(path: Path) -> Iterator[tuple[list[str], list[str], int]]:
     """(tokens, IOB2 tags, line) of a JSONL file in either the tokens/tags or the text/entities shape."""
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{where}: not valid JSON ({exc.msg})") from None
-            if not isinstance(record, dict):
-                raise DataError(f"{where}: expected a JSON object")
-            if "tokens" in record:
-                tokens, tags = record.get("tokens"), record.get("tags")
-                if not isinstance(tokens, list) or not isinstance(tags, list):
-                    raise DataError(f"{where}: 'tokens' and 'tags' must both be lists")
-                if len(tokens) != len(tags):
-                    raise DataError(f"{where}: {len(tokens)} tokens but {len(tags)} tags")
-                if not all(isinstance(t, str) and t.strip() for t in tokens):
-                    raise DataError(f"{where}: every token must be a non-empty string")
-                for tag in tags:
-                    if not isinstance(tag, str):
-                        raise DataError(
-                            f"{where}: tag {tag!r} is not a string (expected O, B-TYPE or I-TYPE)"
-                        )
-                    _check_tag(tag, where)
-                tags = iob1_to_iob2(tags)
-            elif "text" in record:
-                if not isinstance(record["text"], str):
-                    raise DataError(f"{where}: 'text' must be a string")
-                tokens, tags = _tags_from_entities(record["text"], record.get("entities", []), where)
-            else:
-                raise DataError(f"{where}: expected keys 'tokens' and 'tags', or 'text' and 'entities'")
-            if tokens:
-                yield tokens, tags, number
+    for record, where, number in formats.json_lines(path):
+        if not isinstance(record, dict):
+            raise DataError(f"{where}: expected a JSON object")
+        if "tokens" in record:
+            tokens, tags = record.get("tokens"), record.get("tags")
+            if not isinstance(tokens, list) or not isinstance(tags, list):
+                raise DataError(f"{where}: 'tokens' and 'tags' must both be lists")
+            if len(tokens) != len(tags):
+                raise DataError(f"{where}: {len(tokens)} tokens but {len(tags)} tags")
+            if not all(isinstance(t, str) and t.strip() for t in tokens):
+                raise DataError(f"{where}: every token must be a non-empty string")
+            for tag in tags:
+                if not isinstance(tag, str):
+                    raise DataError(f"{where}: tag {tag!r} is not a string (expected O, B-TYPE or I-TYPE)")
+                _check_tag(tag, where)
+            tags = iob1_to_iob2(tags)
+        elif "text" in record:
+            if not isinstance(record["text"], str):
+                raise DataError(f"{where}: 'text' must be a string")
+            tokens, tags = _tags_from_entities(record["text"], record.get("entities", []), where)
+        else:
+            raise DataError(f"{where}: expected keys 'tokens' and 'tags', or 'text' and 'entities'")
+        if tokens:
+            yield tokens, tags, number
 
 
 def iter_file(path: Path) -> Iterator[dict[str, Any]]:
     """Rows of one local file, CoNLL or JSONL."""
     try:
-        if _is_jsonl(path):
+        if (kind := formats.detect(path)) is not None:  # Label Studio, doccano, spaCy (trainer/formats.py)
+            for tokens, tags, number in formats.iter_records(path, kind):
+                yield {"tokens": tokens, "tags": tags, "origin": f"{path}:{number}", "document": -number}
+        elif _is_jsonl(path):
             for tokens, tags, number in iter_jsonl(path):
-                yield {"tokens": tokens, "tags": tags, "origin": f"{path}:{number}"}
+                yield {"tokens": tokens, "tags": tags, "origin": f"{path}:{number}", "document": -number}
         else:
             for sentence, number in iter_conll_lines(path):
-                yield {"tokens": sentence.tokens, "tags": sentence.tags, "origin": f"{path}:{number}"}
+                yield {
+                    "tokens": sentence.tokens,
+                    "tags": sentence.tags,
+                    "origin": f"{path}:{number}",
+                    "document": sentence.document,
+                }
     except UnicodeDecodeError as exc:
         line = path.read_bytes()[: exc.start].count(b"\n") + 1
         raise DataError(f"{path}:{line}: not UTF-8 text ({exc.reason})") from None
@@ -227,6 +225,7 @@ def _hub_to_rows(dataset: datasets.Dataset, where: str) -> datasets.Dataset:
             "tokens": batch[tokens_col],
             "tags": out_tags,
             "origin": [f"{where}, row {index + 1}" for index in indices],
+            "document": [-1 - index for index in indices],  # hub rows carry no document boundaries
         }
 
     return dataset.map(convert, batched=True, with_indices=True, remove_columns=columns, features=FEATURES)
@@ -235,12 +234,14 @@ def _hub_to_rows(dataset: datasets.Dataset, where: str) -> datasets.Dataset:
 def read_hub(dataset_id: str, *, cache_dir: Path | None) -> tuple[dict[str, datasets.Dataset], str]:
     """The splits of a Hugging Face dataset (needs the hub, or its files in the local cache)."""
     name = dataset_id.removeprefix("hf:").removeprefix("//datasets/")
+    if Path(name).exists():  # load_dataset would read a folder of that name here, outside the roots
+        raise DataError(f"{dataset_id}: not a Hugging Face dataset id here (a local path has that name)")
     try:
         loaded = datasets.load_dataset(name, cache_dir=str(cache_dir) if cache_dir else None)
     except Exception as exc:  # offline, unknown id, gated: all the same to the user
         raise DataError(
             f"{dataset_id}: not a local file or folder, and loading it as a Hugging Face dataset failed "
-            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+            f"({type(exc).__name__})"  # never the loader's text: it can quote files it found
         ) from None
     out = {}
     for key in SPLITS:

@@ -61,10 +61,10 @@ def confusion_matrix(gold: list[list[str]], pred: list[list[str]], labels: Seque
     return {"labels": list(labels), "matrix": matrix.tolist()}
 
 
-def detailed_report(gold: list[list[str]], pred: list[list[str]], labels: Sequence[str]) -> dict[str, Any]:
-    """Overall scores, scores per entity type and the confusion matrix, JSON-ready."""
+def per_type_scores(gold: list[list[str]], pred: list[list[str]]) -> dict[str, dict[str, float | int]]:
+    """Precision, recall, F1 and support per entity type (seqeval, IOB2), JSON-ready."""
     report = classification_report(gold, pred, output_dict=True, zero_division=0)
-    per_type = {
+    return {
         name: {
             "precision": float(row["precision"]),
             "recall": float(row["recall"]),
@@ -74,9 +74,13 @@ def detailed_report(gold: list[list[str]], pred: list[list[str]], labels: Sequen
         for name, row in report.items()
         if not name.endswith(" avg")
     }
+
+
+def detailed_report(gold: list[list[str]], pred: list[list[str]], labels: Sequence[str]) -> dict[str, Any]:
+    """Overall scores, scores per entity type and the confusion matrix, JSON-ready."""
     return {
         **entity_scores(gold, pred),
-        "per_type": per_type,
+        "per_type": per_type_scores(gold, pred),
         "confusion": confusion_matrix(gold, pred, labels),
     }
 

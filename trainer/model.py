@@ -118,6 +118,7 @@ def load_starting_point(base_model: str, data: LoadedData, *, case_feature: bool
     id2label = dict(enumerate(labels))
     model = AutoModelForTokenClassification.from_pretrained(
         base_model,
+        dtype=torch.float32,  # a base stored in fp16 (the shipped default model) trains in fp32
         num_labels=len(labels),
         id2label=id2label,
         label2id={label: i for i, label in id2label.items()},

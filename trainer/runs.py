@@ -20,10 +20,11 @@ from pathlib import Path
 import redis
 from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from shared.core.config import Settings
 from shared.core.db import session_scope
-from shared.core.tables import ModelVersion, RunStatus, TrainingRun
+from shared.core.tables import ApiKey, ModelVersion, RunStatus, TrainingRun
 from shared.registry.publish import publish_and_gate
 from shared.training import service
 from shared.training.errors import DataError
@@ -97,9 +98,19 @@ def _hooks(run_id: uuid.UUID):  # type: ignore[no-untyped-def]
 
     def should_stop() -> bool:
         with _session() as session:
-            return service.cancel_requested(session=session, run_id=run_id)
+            return service.cancel_requested(session=session, run_id=run_id) or _key_revoked(session, run_id)
 
     return RunHooks(on_start=on_start, on_progress=on_progress, on_epoch=on_epoch, should_stop=should_stop)
+
+
+def _key_revoked(session: Session, run_id: uuid.UUID) -> bool:
+    """Whether the API key that started the run has been revoked since."""
+    revoked_at = session.scalar(
+        select(ApiKey.revoked_at)
+        .join(TrainingRun, TrainingRun.api_key_id == ApiKey.id)
+        .where(TrainingRun.id == run_id)
+    )
+    return revoked_at is not None
 
 
 def execute_run(*, run_id: uuid.UUID, settings: Settings) -> RunStatus | None:
@@ -132,7 +143,9 @@ def _execute(*, run_id: uuid.UUID, settings: Settings) -> RunStatus | None:
                 session=session, run_id=run_id, status=RunStatus.succeeded, model_version=published.version
             )
             return RunStatus.succeeded
-        if run.cancel_requested:
+        if run.cancel_requested or _key_revoked(session, run_id):
+            # Also when the key was revoked by a path that did not cancel its runs: nothing is
+            # trained (or promoted) for a revoked key.
             service.finish(session=session, run_id=run_id, status=RunStatus.cancelled)
             return RunStatus.cancelled
         service.mark_running(session=session, run=run, checkpoint_dir=str(folder / "checkpoints"))
@@ -171,7 +184,8 @@ def _train_and_publish(
     params_dict: dict,
     base_model: str,
 ) -> RunStatus:
-    from trainer import card
+    from shared.predict.engine import EngineOptions
+    from trainer import card, evaluation
     from trainer.pipeline import run_pipeline
 
     params = TrainParams.from_dict(params_dict)
@@ -190,16 +204,32 @@ def _train_and_publish(
             service.finish(session=session, run_id=run_id, status=RunStatus.cancelled)
         return RunStatus.cancelled
 
+    # The scores a version is reported and judged by are the ones its users get: through the engine.
+    options = EngineOptions.from_settings(settings)
+    engine_scores = evaluation.engine_reports(model_dir=result.model_dir, data=data, options=options)
     candidate = card.candidate(
-        result=result, base_model=base_model, data=data, params=params, training_run_id=run_id
-    )
+        result=result, base_model=base_model, data=data, params=params, training_run_id=run_id,
+        engine_scores=engine_scores,
+    )  # fmt: skip
+    try:
+        gate_set = evaluation.gate_set_from_settings(settings, options=options)
+    except DataError as exc:  # the operator's gate data is unusable: nothing is promoted automatically
+        log.error("no gate set: %s", exc)
+        gate_set = None
     with _session() as session:
+        if service.cancel_requested(session=session, run_id=run_id) or _key_revoked(session, run_id):
+            # Cancelled, or its key revoked, while the engine scored it: nothing is published.
+            service.finish(session=session, run_id=run_id, status=RunStatus.cancelled)
+            return RunStatus.cancelled
         published = publish_and_gate(
             session=session,
             artifacts_dir=settings.artifacts_dir,
             candidate=candidate,
             policy=settings.promote_policy,
             redis_url=settings.redis_url,
+            gate_set=gate_set,
+            type_margin=settings.gate_type_margin,
+            default_base_model=settings.base_model,
         )
         service.finish(
             session=session,
@@ -207,15 +237,16 @@ def _train_and_publish(
             status=RunStatus.succeeded,
             model_version=published.version.version,
             promoted=published.promoted,
-            test_metrics={**(result.test or {}), "validation": result.validation, "gate": published.reason},
-        )
+            test_metrics={
+                **(result.test or {}), "validation": result.validation, "engine": engine_scores,
+                "gate": published.reason, "gate_decision": published.decision.decision,
+            },
+        )  # fmt: skip
     return RunStatus.succeeded
 
 
 def requeue_orphaned_runs(*, settings: Settings) -> list[uuid.UUID]:
     """Re-queue runs marked running whose lease lapsed: their worker died mid-run."""
-    from sqlalchemy.orm import Session
-
     from shared.core.db import make_engine
 
     # A private engine: this runs in the worker's parent process, whose pooled connections the

@@ -280,7 +280,15 @@ def prepare_run(
     id2label = dict(enumerate(start.labels))
     encoded = {
         key: encode_split(
-            split, start.tokenizer, label2id, max_length=params.max_length, case_feature=start.case_feature
+            split,
+            start.tokenizer,
+            label2id,
+            max_length=params.max_length,
+            case_feature=start.case_feature,
+            context_tokens=params.context_tokens,
+            # Only training reads some sentences alone; validation and test read whole documents.
+            no_context_fraction=params.no_context_fraction if key == "train" else 0.0,
+            seed=params.seed,
         )
         for key, split in data.splits.items()
     }

@@ -47,7 +47,7 @@ class Supervisor:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         # Several beats per stall timeout, so one slow database round trip is not a death.
-        self.beat_s = max(0.2, min(settings.job_stall_timeout_s / 4, 30.0))
+        self.beat_s = max(0.2, min(settings.job_heartbeat_s, settings.job_stall_timeout_s / 4))
 
     def track(self, job_id: uuid.UUID, index: int, token: str) -> None:
         with self._lock:

@@ -7,11 +7,14 @@ import random
 import uuid
 from typing import Any
 
+from billiard.exceptions import WorkerLostError
 from billiard.process import current_process
 from celery import Task, signals
+from celery.exceptions import TimeLimitExceeded
 
 from shared.core.celery_app import INFERENCE_QUEUE, celery_app
 from shared.core.config import get_settings
+from shared.core.db import session_scope
 from shared.core.metrics import instrument_chunk_task
 from shared.jobs import maintenance, processing
 from worker import runtime
@@ -75,7 +78,43 @@ def process_chunk(self: Task, job_id: str, index: int) -> str:
         raise
 
 
+@signals.task_failure.connect
+def _release_lost_chunk(
+    sender: Task | None = None,
+    task_id: str | None = None,
+    exception: BaseException | None = None,
+    args: tuple[Any, ...] | list[Any] | None = None,
+    **_: Any,
+) -> None:
+    """In the worker's main process: a pool child died mid-chunk; send the chunk again now.
+
+    Without this the chunk would wait for its heartbeat to go stale (``NER_JOB_STALL_TIMEOUT_S``).
+    The hard time limit kills the child the same way.
+    """
+    if getattr(sender, "name", None) != process_chunk.name or not task_id or not args:
+        return
+    if not isinstance(exception, WorkerLostError | TimeLimitExceeded):
+        return
+    job_id, index = args[0], args[1]
+    try:
+        with session_scope() as session:
+            maintenance.release_lost_chunk(
+                session=session, job_id=uuid.UUID(str(job_id)), index=int(index), token=task_id
+            )
+    except Exception as exc:  # the watchdog still re-sends it once its heartbeat is stale
+        log.warning("chunk %s/%s: could not release it after its process died (%s)", job_id, index, exc)
+
+
 @celery_app.task(name="ner.jobs.purge_expired", acks_late=True)
 def purge_expired() -> int:
     """Delete jobs whose retention ended (beat)."""
     return maintenance.purge_expired(settings=get_settings())
+
+
+@celery_app.task(name="ner.jobs.purge_uploads", acks_late=True)
+def purge_training_uploads() -> int:
+    """Delete training uploads whose retention ended (beat; runs here, beside the job purge)."""
+    from shared.training import service as training
+
+    with session_scope() as session:
+        return training.purge_expired_uploads(session=session, settings=get_settings())

@@ -8,7 +8,9 @@ import redis
 from fastapi import APIRouter, Request, Response, status
 from sqlalchemy import text
 
-from gateway.deps import SessionDep, SettingsDep
+from gateway.deps import SessionDep, SettingsDep, authenticate, presented_key
+from shared.core.config import Settings
+from shared.core.errors import ServiceError
 
 router = APIRouter(tags=["health"])
 
@@ -18,7 +20,25 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="Model loaded, database and broker reachable")
+def _is_admin(request: Request, settings: Settings) -> bool:
+    """Whether the caller presented an admin key (auth off: everyone is); a bad key is no key."""
+    if settings.auth == "off":
+        return True
+    presented = presented_key(request.headers)
+    if not presented:
+        return False
+    client = request.client.host if request.client else None
+    try:
+        return authenticate(presented, address=client, settings=settings).is_admin
+    except ServiceError:
+        return False
+
+
+@router.get(
+    "/readyz",
+    summary="Model loaded, database and broker reachable",
+    description="Without an admin key: ready or not, and the names of the failing components only.",
+)
 def readyz(
     request: Request, response: Response, session: SessionDep, settings: SettingsDep
 ) -> dict[str, Any]:
@@ -38,7 +58,14 @@ def readyz(
         checks["model"] = provider.status()
     elif settings.serve_predict:
         checks["model"] = "not started"
-    ready = all(value == "ok" for value in checks.values())
+    # "degraded: ..." (the active version does not load; the last good one answers) is still ready:
+    # taking every gateway out of service would stop the answers too. It is reported, not hidden.
+    ready = all(value == "ok" or value.startswith("degraded:") for value in checks.values())
     if not ready:
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
-    return {"status": "ready" if ready else "not ready", "checks": checks}
+    answer: dict[str, Any] = {"status": "ready" if ready else "not ready"}
+    if _is_admin(request, settings):
+        answer["checks"] = checks  # the model's state can name folders and loader errors
+    else:
+        answer["failing"] = [name for name, value in checks.items() if value != "ok"]
+    return answer

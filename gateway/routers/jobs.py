@@ -33,6 +33,7 @@ from shared.jobs.schemas import (
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
 JobsPrincipal = Annotated[Principal, Depends(require_scope("jobs"))]
+JSON_ON_LOOP_MAX_BYTES = 64 * 1024  # parsing more than this would hold up every other request
 
 _NOT_FOUND = {404: {"description": "No such job (or not one of this API key's)"}}
 _UPLOAD_DOC = {
@@ -127,7 +128,12 @@ async def submit_job(
                 **create,
             )
     elif content_type.startswith("application/json") or not content_type:
-        documents_in, retention_days = parse_json_submission(await _read_json_body(request, settings))
+        raw = await _read_json_body(request, settings)
+        # A large body is parsed in a worker thread: the event loop keeps answering meanwhile.
+        if len(raw) > JSON_ON_LOOP_MAX_BYTES:
+            documents_in, retention_days = await run_in_threadpool(parse_json_submission, raw)
+        else:
+            documents_in, retention_days = parse_json_submission(raw)
         job, created = await run_in_threadpool(
             service.create_job, documents=documents_in, retention_days=retention_days, **create
         )

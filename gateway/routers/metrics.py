@@ -1,4 +1,4 @@
-"""``/metrics``: Prometheus text exposition (admin key; Prometheus sends it as a bearer token)."""
+"""``/metrics``: Prometheus text exposition (a ``metrics`` or admin key, sent as a bearer token)."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def _describe_model(request: Request) -> dict[str, Any] | None:
     summary="Prometheus metrics of the gateway (and, on one machine, of its workers)",
     response_class=Response,
     responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}},
-    dependencies=[Depends(require_scope("admin"))],
+    dependencies=[Depends(require_scope("metrics"))],
 )
 def metrics(request: Request, settings: SettingsDep) -> Response:
     scrape = exposition_registry(

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, Path, Request
 
 from gateway.deps import Principal, SessionDep, SettingsDep, require_scope
 from shared.registry import service
 from shared.registry.errors import VersionNotFound
-from shared.registry.schemas import ModelVersionDetail, ModelVersionList, version_detail, version_list
+from shared.registry.schemas import (
+    ModelVersionDetail,
+    ModelVersionList,
+    ModelVersionOut,
+    version_detail,
+    version_list,
+)
 
 router = APIRouter(prefix="/models", tags=["models"])
 
@@ -19,9 +25,25 @@ VersionPath = Annotated[int, Path(ge=1, le=2**31 - 1, description="Model version
 _NOT_FOUND = {404: {"description": "No such model version"}}
 
 
+View = TypeVar("View", bound=ModelVersionOut)
+
+
+def _redacted(view: View) -> View:
+    """What a non-admin key sees: no server paths, no other keys' data references."""
+    hidden: dict[str, Any] = {"data_ref": {}, "load_error": "not loadable" if view.load_error else None}
+    if isinstance(view, ModelVersionDetail):
+        hidden["path"] = ""
+    if view.base_model.startswith(("/", ".", "~")):
+        hidden["base_model"] = "(a local folder)"
+    return view.model_copy(update=hidden)
+
+
 @router.get("", response_model=ModelVersionList, summary="All model versions, newest first")
 def list_versions(session: SessionDep, principal: ReadPrincipal) -> ModelVersionList:
-    return version_list(service.list_versions(session=session))
+    listing = version_list(service.list_versions(session=session))
+    if principal.is_admin:
+        return listing
+    return listing.model_copy(update={"versions": [_redacted(view) for view in listing.versions]})
 
 
 @router.get(
@@ -34,7 +56,8 @@ def get_version(version: VersionPath, session: SessionDep, principal: ReadPrinci
     row = service.get_version(session=session, version=version)
     if row is None:
         raise VersionNotFound(f"model version {version} does not exist")
-    return version_detail(row)
+    detail = version_detail(row)
+    return detail if principal.is_admin else _redacted(detail)
 
 
 @router.post(

@@ -31,7 +31,11 @@ _NOT_FOUND = {404: {"description": "No such training run (or not one of this API
     status_code=status.HTTP_202_ACCEPTED,
     response_model=TrainAccepted,
     summary="Start a training run (queued on the training workers)",
-    responses={422: {"description": "Bad parameters, or data outside NER_DATA_ROOTS / not found"}},
+    responses={
+        403: {"description": "A base_model this key may not choose (admin or NER_BASE_MODEL_ALLOW)"},
+        422: {"description": "Bad parameters, or data outside NER_DATA_ROOTS / not found"},
+        429: {"description": "This key has NER_TRAIN_MAX_QUEUED_RUNS runs queued or running"},
+    },
 )
 def start_run(
     body: TrainRequest,
@@ -66,10 +70,21 @@ def list_runs(
     status_code=status.HTTP_201_CREATED,
     response_model=UploadOut,
     summary="Upload a data file (CoNLL or JSONL) into the uploads folder; reference it in POST /train",
+    responses={
+        413: {"description": "Larger than NER_TRAIN_UPLOAD_MAX_BYTES"},
+        429: {"description": "Over this API key's upload quota (NER_TRAIN_UPLOAD_QUOTA_BYTES)"},
+    },
 )
-async def upload_data(file: UploadFile, settings: SettingsDep, principal: TrainPrincipal) -> UploadOut:
+async def upload_data(
+    file: UploadFile, session: SessionDep, settings: SettingsDep, principal: TrainPrincipal
+) -> UploadOut:
     stored = await run_in_threadpool(
-        uploads.store_upload, settings=settings, filename=file.filename, stream=file.file
+        uploads.store_upload,
+        session=session,
+        settings=settings,
+        owner=principal.owner,
+        filename=file.filename,
+        stream=file.file,
     )
     return UploadOut(path=str(stored.path), bytes=stored.bytes, sha256=stored.sha256)
 

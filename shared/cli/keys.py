@@ -32,9 +32,16 @@ def cmd_create(args: argparse.Namespace, settings: Settings) -> int:
         return 2
     _ensure_schema(settings)
     with get_sessionmaker()() as session:
-        created = keys.create_key(session=session, scope=args.scope, name=args.name)
+        created = keys.create_key(
+            session=session, scope=args.scope, name=args.name, rate_limit_per_minute=args.rate_limit
+        )
+    limit = (
+        f"{created.rate_limit_per_minute} requests a minute"
+        if created.rate_limit_per_minute
+        else f"the default rate limit ({settings.rate_limit_per_minute} a minute)"
+    )
     print(
-        f"created API key {created.id} ({created.prefix}, scope {created.scope.value}); "
+        f"created API key {created.id} ({created.prefix}, scope {created.scope.value}, {limit}); "
         "it is shown only now:",
         file=sys.stderr,
     )
@@ -58,12 +65,15 @@ def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
     _ensure_schema(settings)
     with get_sessionmaker()() as session:
         rows = keys.list_keys(session=session)
-        print(f"{'ID':>5}  {'PREFIX':<12}  {'SCOPE':<7}  {'CREATED':<20}  {'REVOKED':<20}  NAME")
+        header = f"{'ID':>5}  {'PREFIX':<12}  {'SCOPE':<7}  {'RATE/MIN':>8}  {'CREATED':<20}  {'REVOKED':<20}"
+        print(f"{header}  NAME")
         for row in rows:
             revoked = row.revoked_at.strftime("%Y-%m-%d %H:%M:%S") if row.revoked_at else "-"
             created = row.created_at.strftime("%Y-%m-%d %H:%M:%S")
             scope = row.scope.value
-            print(f"{row.id:>5}  {row.prefix:<12}  {scope:<7}  {created:<20}  {revoked:<20}  {row.name}")
+            rate = str(row.rate_limit_per_minute or "default")
+            columns = f"{row.id:>5}  {row.prefix:<12}  {scope:<7}  {rate:>8}  {created:<20}  {revoked:<20}"
+            print(f"{columns}  {row.name}")
     return 0
 
 
@@ -82,6 +92,16 @@ def _guarded(handler):  # type: ignore[no-untyped-def]
     return run
 
 
+def _rate_limit(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {value[:40]!r}") from None
+    if not 1 <= number <= keys.MAX_RATE_LIMIT:
+        raise argparse.ArgumentTypeError(f"must be 1 to {keys.MAX_RATE_LIMIT} requests a minute")
+    return number
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add ``ner keys``."""
     parser = subparsers.add_parser("keys", help="create, revoke and list API keys")
@@ -91,6 +111,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     create = sub.add_parser("create", help="create a key and print it (once)")
     create.add_argument("--scope", required=True, choices=scopes, help="what the key may do")
     create.add_argument("--name", default="", help="who or what the key is for")
+    create.add_argument(
+        "--rate-limit",
+        type=_rate_limit,
+        default=None,
+        metavar="N",
+        help="requests a minute on /predict* and job submission (default: NER_RATE_LIMIT_PER_MINUTE)",
+    )
     create.set_defaults(handler=_guarded(cmd_create))
 
     revoke = sub.add_parser("revoke", help="revoke a key by its prefix (ner_xxxxxxxx) or id")
@@ -117,6 +144,17 @@ def prepare_local_stack(*, settings: Settings, env: dict[str, str]) -> None:
         created = keys.create_key(session=session, scope=ApiKeyScope.admin, name=LOCAL_ADMIN_NAME)
     print(
         f"ner up: admin API key for this local stack (send it as X-API-Key; revoked by the next "
-        f"`ner up`):\n\n    {created.plaintext}\n",
+        f"`ner up`):\n\n    {created.plaintext}\n\n"
+        f"Try it:\n\n    {try_it_curl(settings, created.plaintext)}\n",
         flush=True,
+    )
+
+
+def try_it_curl(settings: Settings, key: str) -> str:
+    """A ready-to-paste request to this stack's /predict/ with ``key``."""
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
+    body = '{"text": "Google was founded by Larry Page and Sergey Brin in California."}'
+    return (
+        f"curl -s http://{host}:{settings.port}/predict/ -H 'X-API-Key: {key}' "
+        f"-H 'Content-Type: application/json' -d '{body}'"
     )

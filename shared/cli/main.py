@@ -3,33 +3,44 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
-from shared.cli import keys, train
-from shared.core.config import Settings, SettingsError, get_settings
+from shared.cli import keys, models, train
+from shared.core.config import Settings, SettingsError, get_settings, mask_secrets
 
 
 def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
     """Start gateway, inference worker, trainer and Flower; stop them all on Ctrl-C."""
-    from shared.cli.embedded_redis import redis_answers, start_redis
+    from shared.cli.embedded_redis import choose_executable, redis_answers, start_redis
     from shared.cli.stack import Child, ner_command, port_is_taken, run_children
     from shared.core import migrate
 
+    if not args.no_flower and (refusal := flower_refusal(settings)):
+        print(f"ner up: {refusal}; or start the stack with --no-flower", file=sys.stderr)
+        return 2
     ports = [("gateway", settings.port)] + ([] if args.no_flower else [("flower", settings.flower_port)])
     for name, port in ports:
         if port_is_taken(settings.host, port):
             print(f"ner up: port {port} ({name}) on {settings.host} is already in use", file=sys.stderr)
             return 1
-    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    private_state_dir(settings.state_dir)
     migrate.upgrade(settings.database_url)
 
     env = dict(os.environ)
     embedded = None
     if not redis_answers(settings.redis_url):
-        embedded, url = start_redis(settings.state_dir / "redis")
-        print(f"ner up: no Redis answers at {settings.redis_url}; started an embedded one at {url}")
+        executable, notes = choose_executable()
+        for note in notes:
+            print(f"ner up: {note}", file=sys.stderr)
+        embedded, url = start_redis(settings.state_dir / "redis", executable=executable)
+        print(
+            f"ner up: no Redis answers at {mask_secrets(settings.redis_url)}; started an embedded one "
+            f"({executable}) at {mask_secrets(url)}, password in {settings.state_dir / 'redis'} (0600)"
+        )
         env["NER_REDIS_URL"] = url
     env["NER_DATABASE_URL"] = settings.database_url
     env["NER_STATE_DIR"] = str(settings.state_dir)
@@ -51,10 +62,21 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
             embedded.wait(timeout=10)
 
 
+def private_state_dir(state_dir: Path) -> None:
+    """The local stack's state is its user's alone: the folder 0700 and, through the umask that every
+    child inherits, each file created in it (SQLite, uploads, beat schedule, Flower) 0600."""
+    os.umask(0o077)
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    # An existing folder from an older version (0755) is closed too: nothing inside is reachable then.
+    state_dir.chmod(0o700)
+
+
 def _prepare_local_stack(settings: Settings, env: dict[str, str]) -> None:
     """A local stack's first run: the bootstrap training run, a fresh metrics folder and an admin key."""
+    from shared.registry import seed
     from shared.training import bootstrap
 
+    seed.seed_registry(settings=settings, env=env)  # the shipped model as v1, before any bootstrap run
     bootstrap.prepare_local_stack(settings=settings, env=env)
     keys.prepare_local_stack(settings=settings, env=env)
 
@@ -105,8 +127,9 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         "--task-events",
     ]  # fmt: skip
     if args.beat:
-        # The periodic clean-up of expired jobs; run beat in exactly one process of a deployment.
-        argv += ["--beat", "--schedule", _beat_schedule(settings)]
+        # The periodic clean-up of expired jobs. The scheduler dies with this worker and schedules
+        # only while it holds the deployment's lock (one scheduler, whatever is killed).
+        argv += ["--beat", "--schedule", _beat_schedule(settings), "--scheduler", BEAT_SCHEDULER]
     celery_app.worker_main(argv)
     return 0
 
@@ -128,6 +151,10 @@ def cmd_trainer(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+# The one-scheduler-per-deployment scheduler (a Redis lock; see worker/beat.py).
+BEAT_SCHEDULER = "worker.beat:SingleScheduler"
+
+
 def _beat_schedule(settings: Settings) -> str:
     """Where beat keeps its schedule (``ner worker --beat`` and ``ner beat`` share it)."""
     settings.state_dir.mkdir(parents=True, exist_ok=True)
@@ -138,12 +165,37 @@ def cmd_beat(args: argparse.Namespace, settings: Settings) -> int:
     """Run the periodic schedule alone (exactly one per deployment); its tasks run on workers."""
     from shared.core.celery_app import celery_app
 
-    celery_app.start(["beat", "--loglevel", settings.log_level, "--schedule", _beat_schedule(settings)])
+    argv = ["beat", "--loglevel", settings.log_level, "--schedule", _beat_schedule(settings)]
+    # A second `ner beat` (or a worker's embedded one) waits for the lock instead of scheduling.
+    celery_app.start([*argv, "--scheduler", BEAT_SCHEDULER])
     return 0
 
 
+def flower_refusal(settings: Settings) -> str | None:
+    """Why Flower must not start as configured: no password on an address beyond this machine.
+
+    Flower shows every task's arguments, results and tracebacks, and can revoke tasks.
+    """
+    if settings.flower_password:
+        return None
+    host = settings.host.strip("[]")
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False  # a host name: it may resolve to anything
+    if loopback:
+        return None
+    return (
+        f"refusing to start Flower on {settings.host} without a password: set NER_FLOWER_PASSWORD "
+        "(and NER_FLOWER_USER), or bind it to loopback only (NER_HOST=127.0.0.1)"
+    )
+
+
 def cmd_flower(args: argparse.Namespace, settings: Settings) -> int:
-    """Run Flower, persistent, behind basic auth when NER_FLOWER_PASSWORD is set."""
+    """Run Flower, persistent, behind basic auth when NER_FLOWER_PASSWORD is set (required off loopback)."""
+    if refusal := flower_refusal(settings):
+        print(f"ner flower: {refusal}", file=sys.stderr)
+        return 2
     # Flower's own /metrics counts in-process; its samples must not land in the service's
     # multiprocess folder (which `ner up` hands to every child).
     os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
@@ -217,6 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     train.register(sub)
     keys.register(sub)
+    models.register(sub)
     return parser
 
 

@@ -56,6 +56,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                     help="do not feed word case through token-type ids")  # fmt: skip
     hp.add_argument("--bf16", choices=("auto", "on", "off"), default="auto", help="bf16 autocast")
     hp.add_argument("--validation-fraction", type=float, default=_DEFAULTS.validation_fraction)
+    hp.add_argument("--context-tokens", type=int, default=_DEFAULTS.context_tokens,
+                    help="sub-tokens of neighbouring sentences of the same document read on each side "
+                    "(0: every sentence alone)")  # fmt: skip
+    hp.add_argument("--no-context-fraction", type=float, default=_DEFAULTS.no_context_fraction,
+                    help="share of training sentences also read alone, without context")  # fmt: skip
     parser.set_defaults(handler=cmd_train)
 
 
@@ -116,9 +121,15 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     except DataError as exc:
         print(f"ner train: {exc}", file=sys.stderr)
         return 2
+    from shared.predict.engine import EngineOptions
+    from trainer.evaluation import engine_reports
+
+    # The scores users get: raw text into the engine, spans back onto the tokens (model card, metrics.json).
+    engine_scores = engine_reports(model_dir=out, data=data, options=EngineOptions.from_settings(settings))
     write_model_folder_extras(
-        out, result=result, base_model=base_model, data=data, params=params, version=None
-    )
+        out, result=result, base_model=base_model, data=data, params=params, version=None,
+        engine_scores=engine_scores,
+    )  # fmt: skip
     print()
     print(format_epoch_table(result.epochs))
     print()
@@ -128,6 +139,10 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
         print(format_per_type(result.test, "test"))
         print()
         print(format_confusion(result.test["confusion"]))
+    for split, reports in engine_scores.items():
+        for mode, report in reports.items():
+            print()
+            print(format_per_type(report, f"{split} through the engine, {mode}"))
     print()
     print(f"kept epoch {result.best_epoch} (best validation F1); {result.tokens_per_second:.0f} tokens/s; "
           f"{time.monotonic() - started:.0f} s in all")  # fmt: skip

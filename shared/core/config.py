@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
@@ -12,6 +13,10 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 LossName = Literal["ce", "weighted_ce", "focal", "mom"]
+
+
+# The shipped default model's folder (package data, so `pip install .` and the images carry it).
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "predict" / "default_model"
 
 
 def bundled_base_model() -> str:
@@ -44,6 +49,9 @@ class Settings(BaseSettings):
     # --- models ------------------------------------------------------------------------------
     model: str | None = None  # a hub id or a local folder, served while the registry is empty
     base_model: str = Field(default_factory=bundled_base_model)
+    # The model shipped in the package (CoNLL-2003, English), registered as version 1 of an empty
+    # registry when NER_MODEL is unset; a folder, or "none" to start without any model.
+    default_model: str | None = str(DEFAULT_MODEL_DIR)
     bootstrap_data: str | None = None  # CoNLL folder or hub dataset id for the first training run
     conll_dir: Path = Path(__file__).resolve().parents[3] / "shared" / "data" / "conll2003"
 
@@ -79,10 +87,13 @@ class Settings(BaseSettings):
     chunk_max_documents: int = Field(default=1024, ge=1)
     retention_days: int = Field(default=30, ge=1)
     job_json_max_bytes: int = Field(default=50_000_000, ge=1)  # bigger: upload a file (streamed)
-    # A running chunk whose worker stopped its heartbeat this long ago is sent again (worker died);
-    # the watchdog in every inference worker looks every job_watchdog_interval_s.
-    job_stall_timeout_s: float = Field(default=120.0, gt=0)
-    job_watchdog_interval_s: float = Field(default=15.0, gt=0)
+    # A running chunk whose worker stopped its heartbeat this long ago is sent again (its worker's
+    # main process died; a dead pool child's chunk is released at once by the main process); the
+    # watchdog in every inference worker looks every job_watchdog_interval_s. Each process beats
+    # once per job_heartbeat_s for the one chunk it runs: load per worker, not per document.
+    job_heartbeat_s: float = Field(default=5.0, gt=0)
+    job_stall_timeout_s: float = Field(default=25.0, gt=0)
+    job_watchdog_interval_s: float = Field(default=5.0, gt=0)
     job_chunk_max_attempts: int = Field(default=3, ge=1)  # then its documents are marked failed
     purge_interval_s: float = Field(default=3600.0, gt=0)  # beat: delete expired jobs
     purge_batch_rows: int = Field(default=10_000, ge=1)  # rows deleted per transaction
@@ -90,6 +101,12 @@ class Settings(BaseSettings):
     # --- training ----------------------------------------------------------------------------
     train_loss: LossName = "ce"
     promote_policy: Literal["f1", "never"] = "f1"
+    # The quality gate's own data (a CoNLL/JSONL file, or a folder's validation split, inside
+    # NER_DATA_ROOTS): every candidate and the active version are scored on it through the engine.
+    # Empty: the validation split of NER_BOOTSTRAP_DATA; neither: candidates wait for an admin.
+    gate_data: str | None = None
+    # Auto-promotion also needs every entity type's gate F1 within this of the active version's.
+    gate_type_margin: float = Field(default=0.02, ge=0, le=1)
 
     # --- Celery ------------------------------------------------------------------------------
     task_time_limit_s: int = Field(default=3600, ge=1)  # one inference chunk
@@ -103,12 +120,37 @@ class Settings(BaseSettings):
     flower_state_save_seconds: float = Field(default=60.0, gt=0, le=86_400)
     rate_limit_per_minute: int = Field(default=600, ge=1)  # per API key, on /predict* and job submission
     rate_limit_burst: int | None = Field(default=None, ge=1)  # bucket size; empty: rate_limit_per_minute
+
+    # --- trust boundaries (docs/operations.md, "Security") ----------------------------------
+    # A predict request costs 1 + characters // this many tokens of its key's bucket: one huge
+    # request costs what many small ones do.
+    rate_limit_chars_per_token: int = Field(default=1000, ge=1)
+    predict_batch_max_chars: int = Field(default=1_000_000, ge=1)  # all texts of one /predict/batch
+    predict_max_concurrent_per_key: int = Field(default=4, ge=1)  # predict requests in flight per key
+    # Failed key checks per client address, and per key prefix, within auth_fail_window_s before 429.
+    auth_fail_limit: int = Field(default=20, ge=1)
+    auth_fail_window_s: int = Field(default=60, ge=1)
+    body_max_bytes: int = Field(default=1_000_000, ge=1)  # any route without a larger cap of its own
+    train_upload_max_bytes: int = Field(default=2 * 1024**3, ge=1)  # one POST /train/uploads
+    train_upload_quota_bytes: int = Field(default=10 * 1024**3, ge=1)  # stored uploads per key
+    train_upload_retention_days: int = Field(default=7, ge=1)  # then the clean-up schedule deletes them
+    train_max_queued_runs: int = Field(default=5, ge=1)  # queued or running runs per key
+    allow_hub_data: bool = True  # false: training data only from NER_DATA_ROOTS, never the Hub
+    # Hub model ids a non-admin key may name as base_model (exact ids, pinned "id@revision");
+    # empty: only admin keys may choose a base model other than NER_BASE_MODEL.
+    base_model_allow: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Label Studio as annotation tool (shared/interop/labelstudio.py): its API, to read a project's
+    # annotations for retraining, and after how many new annotations a run starts (0: only on
+    # Label Studio's "Start training").
+    label_studio_url: str | None = None
+    label_studio_token: str | None = None
+    label_studio_train_every: int = Field(default=0, ge=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "text"] = "json"
     metrics_dir: Path | None = None  # prometheus multiprocess files; empty: state_dir/metrics
     metrics_port: int = Field(default=0, ge=0, le=65535)  # keyless /metrics of this machine; 0: off
 
-    @field_validator("data_roots", "cors_origins", mode="before")
+    @field_validator("data_roots", "cors_origins", "base_model_allow", mode="before")
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         return _split_commas(value)
@@ -124,8 +166,9 @@ class Settings(BaseSettings):
                 value = "postgresql+psycopg://" + value[len(prefix) :]
         try:
             url = make_url(value)
-        except ArgumentError as exc:
-            raise ValueError(f"not a database URL: {exc}") from None
+        except (ArgumentError, ValueError):
+            # SQLAlchemy's message repeats the URL (or a part of it), password included.
+            raise ValueError("not a database URL (expected postgresql://user:password@host/db)") from None
         if url.get_backend_name() not in ("postgresql", "sqlite"):
             raise ValueError("only postgresql:// and sqlite:// URLs are supported")
         return value
@@ -164,12 +207,37 @@ class SettingsError(SystemExit):
     """Raised instead of a traceback: one line per bad variable."""
 
 
+# Settings whose value is never printed back, whatever it looks like (a name holding one of these).
+_SECRET_WORDS = ("password", "secret", "token", "key")
+# user:password@ in any URL, and password=... in a query string or DSN.
+_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*):\S*@")
+_QUERY_PASSWORD = re.compile(r"(?P<head>(?:password|passwd|pwd|token|secret)=)[^&;\s]*", re.IGNORECASE)
+
+
+def mask_secrets(text: str) -> str:
+    """``text`` with URL passwords and ``password=`` values replaced by ``***``."""
+    text = _URL_PASSWORD.sub(r"\g<head>:***@", text)
+    return _QUERY_PASSWORD.sub(r"\g<head>***", text)
+
+
+def _shown_input(field_name: str, value: object) -> str:
+    """What an error line may show of a bad value: nothing of a secret, a URL without its password."""
+    if any(word in field_name for word in _SECRET_WORDS):
+        return "(value hidden)"
+    if isinstance(value, dict):
+        return ""  # a whole mapping (a model-level error) could hold secrets of other settings
+    shown = mask_secrets(value if isinstance(value, str) else repr(value))
+    return f"(got {shown[:200]!r})"
+
+
 def describe_errors(error: ValidationError) -> str:
-    """One line per invalid variable, named as the user sets it."""
+    """One line per invalid variable, named as the user sets it; secrets are never echoed."""
     lines = []
     for item in error.errors():
-        name = "NER_" + "_".join(str(part) for part in item["loc"][:1]).upper()
-        lines.append(f"{name}: {item['msg']} (got {item.get('input')!r})")
+        field_name = "_".join(str(part) for part in item["loc"][:1])
+        name = "NER_" + field_name.upper() if field_name else "settings"
+        shown = _shown_input(field_name.lower(), item.get("input"))
+        lines.append(f"{name}: {mask_secrets(item['msg'])} {shown}".rstrip())
     return "\n".join(lines)
 
 

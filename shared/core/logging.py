@@ -34,6 +34,17 @@ def redact(text: str) -> str:
     return _API_KEY.sub(r"\1_[redacted]", text)
 
 
+def _redacted(value: Any) -> Any:
+    # Every field, not only the message: a key sent in a URL path lands in the access log's "path".
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {key: _redacted(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_redacted(item) for item in value]
+    return value
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message, request id, task and extras."""
 
@@ -57,7 +68,7 @@ class JsonFormatter(logging.Formatter):
             entry["task"], entry["task_id"] = task
         for key, value in record.__dict__.items():
             if key not in _STANDARD_ATTRS and key not in entry and not key.startswith("_"):
-                entry[key] = value
+                entry[key] = _redacted(value)
         if record.exc_info:
             entry["exc"] = redact(self.formatException(record.exc_info))
         return json.dumps(entry, default=str, ensure_ascii=False)

@@ -94,6 +94,7 @@ class ApiKeyScope(enum.StrEnum):
     jobs = "jobs"
     train = "train"
     admin = "admin"
+    metrics = "metrics"  # /metrics only: what Prometheus holds
 
 
 class ApiKey(Base):
@@ -106,6 +107,22 @@ class ApiKey(Base):
     scope: Mapped[ApiKeyScope] = mapped_column(_enum(ApiKeyScope))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Requests a minute on /predict* and job submission; None: NER_RATE_LIMIT_PER_MINUTE.
+    rate_limit_per_minute: Mapped[int | None] = mapped_column(Integer)
+
+
+class TrainingUpload(Base):
+    """A training data file sent to POST /train/uploads: owned by its key, counted in its quota."""
+
+    __tablename__ = "training_uploads"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    api_key_id: Mapped[int | None] = mapped_column(ForeignKey("api_keys.id", ondelete="SET NULL"), index=True)
+    path: Mapped[str] = mapped_column(Text, unique=True)  # relative to the uploads folder
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
 
 
 class ModelVersion(Base):
@@ -137,6 +154,17 @@ class ModelVersion(Base):
     )
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     activated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The quality gate (shared/registry/gate.py, migration 0002): promoted | rejected | held, why,
+    # this version's score on the operator's gate set ({"gate_hash", "f1", "per_type", ...}; on the
+    # active version also the cache of its score) and the active version's score it was compared with.
+    gate_decision: Mapped[str | None] = mapped_column(String(16))
+    gate_reason: Mapped[str | None] = mapped_column(Text)
+    gate_score: Mapped[dict[str, Any] | None] = mapped_column(JsonType)
+    gate_active_score: Mapped[dict[str, Any] | None] = mapped_column(JsonType)
+    # Why a gateway or worker could not load this version (verification or load error, no paths),
+    # and when; cleared by a good load or a new activation (migration 0005).
+    load_error: Mapped[str | None] = mapped_column(Text)
+    load_error_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class Job(Base):
@@ -160,6 +188,8 @@ class Job(Base):
     total_chars: Mapped[int] = mapped_column(BigInteger, default=0)
     retention_days: Mapped[int] = mapped_column(Integer, default=30)  # expires_at = finish + this
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
+    # sha256 of the submission (documents and retention): a retry with another body is refused.
+    idempotency_hash: Mapped[str | None] = mapped_column(String(64))
     api_key_id: Mapped[int | None] = mapped_column(ForeignKey("api_keys.id", ondelete="SET NULL"))
     request_id: Mapped[str | None] = mapped_column(String(100))
     error: Mapped[str | None] = mapped_column(Text)

@@ -146,6 +146,48 @@ def requeue_stalled_chunks(
     return requeued
 
 
+def release_lost_chunk(
+    *, session: Session, job_id: uuid.UUID, index: int, token: str, send: Sender = send_chunks
+) -> bool:
+    """Send again, at once, a chunk whose process died running it (its worker saw it die).
+
+    Only while the claim is still ``token``'s: a chunk already taken over or finished is left
+    alone. The attempt stays counted (``claim_chunk`` counted it), so a document that kills the
+    process ends failed after ``job_chunk_max_attempts``, never in a loop.
+    """
+    job = lifecycle.lock_job(session, job_id)
+    chunk = session.scalar(
+        select(JobChunk)
+        .where(
+            JobChunk.job_id == job_id,
+            JobChunk.index == index,
+            JobChunk.status == ChunkStatus.running,
+            JobChunk.claimed_by == token,
+        )
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    if job is None or chunk is None:
+        session.rollback()
+        return False
+    now = lifecycle.utcnow()
+    if job.status not in lifecycle.ACTIVE:
+        chunk.status = ChunkStatus.cancelled  # a cancelled job's lost chunk is not run again
+        chunk.updated_at = now
+        lifecycle.finalize_job(session=session, job_id=job_id, now=now)
+        session.commit()
+        return False
+    chunk.status = ChunkStatus.queued
+    chunk.claimed_by = None
+    chunk.updated_at = now
+    # Sent before the commit: if the broker is down the claim stays and the watchdog re-sends it
+    # once its heartbeat is stale.
+    send(job_id, [index], request_id=job.request_id)
+    session.commit()
+    log.warning("chunk %d of job %s: its process died (worker lost); sent it again", index, job_id)
+    return True
+
+
 def broker_lost_its_data(redis_url: str) -> bool:
     """True when the marker key is gone: queued messages may be lost (also true on the first pass)."""
     return bool(redis_client(redis_url).set(BROKER_MARKER, lifecycle.utcnow().isoformat(), nx=True))

@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 from shared.core.config import Settings
 from shared.core.db import session_scope
 from shared.core.tables import (
+    ApiKey,
     ChunkStatus,
     DocumentStatus,
     Job,
@@ -152,6 +153,10 @@ def claim_chunk(
         return SKIP
     chunk, stale = row
     resume = chunk.status == ChunkStatus.running and chunk.claimed_by == token
+    if job.status in lifecycle.ACTIVE and not resume and _key_revoked(session, job.api_key_id):
+        # Revoked by a path that did not cancel its jobs: stop here, keeping what was processed.
+        lifecycle.cancel_job(session=session, job_id=job_id, now=now)
+        log.warning("job %s: its API key was revoked; cancelled", job_id)
     if job.status == JobStatus.cancelling and resume:
         return CLAIMED  # the running chunk finishes (here: after a retry) even though the job is cancelling
     if job.status not in lifecycle.ACTIVE:
@@ -174,6 +179,12 @@ def claim_chunk(
         job.status = JobStatus.running
         job.started_at = now
     return CLAIMED
+
+
+def _key_revoked(session: Session, api_key_id: int | None) -> bool:
+    if api_key_id is None:
+        return False
+    return session.scalar(select(ApiKey.revoked_at).where(ApiKey.id == api_key_id)) is not None
 
 
 def pending_documents(*, session: Session, job_id: uuid.UUID, index: int) -> list[tuple[int, str]]:

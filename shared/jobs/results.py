@@ -11,8 +11,7 @@ from sqlalchemy import Row, select, text
 from sqlalchemy.orm import Session
 
 from shared.core.tables import JobDocument, JobResult
-from shared.jobs.cursors import decode_cursor, encode_cursor
-from shared.jobs.errors import InvalidRequest
+from shared.jobs.cursors import decode_seq_cursor, encode_cursor
 from shared.predict.schemas import ENTITY_FIELDS
 
 STREAM_PAGE_ROWS = 1000
@@ -62,9 +61,7 @@ def list_results(
     """
     after = -1
     if cursor:
-        (after,) = decode_cursor(cursor, arity=1)
-        if not isinstance(after, int):
-            raise InvalidRequest("cursor: not a cursor returned by this API")
+        after = decode_seq_cursor(cursor)
     rows = list(session.execute(_page_query(job_id, after, limit + 1)))
     next_cursor = None
     if len(rows) > limit:

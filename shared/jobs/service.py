@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 
-from sqlalchemy import func, insert, select, tuple_
+from sqlalchemy import false, func, insert, select, tuple_, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from shared.core.config import Settings
 from shared.core.tables import Job, JobChunk, JobStatus
 from shared.jobs import lifecycle
-from shared.jobs.cursors import decode_cursor, encode_cursor
+from shared.jobs.cursors import decode_jobs_cursor, encode_cursor
 from shared.jobs.errors import (
-    InvalidRequest,
     InvalidSubmission,
     JobConflict,
     JobNotFound,
@@ -56,6 +58,10 @@ def _find_idempotent(session: Session, *, owner: Owner, key: str) -> Job | None:
         session.execute(
             select(func.pg_advisory_xact_lock(func.hashtextextended(f"jobs:{owner.key_id}:{key}", 0)))
         )
+    else:
+        # SQLite: take the database's write lock before the read, so concurrent first tries queue
+        # here (busy timeout) instead of both inserting, or failing to upgrade a read snapshot.
+        session.execute(update(Job).where(false()).values(idempotency_key=Job.idempotency_key))
     return session.scalar(
         select(Job).where(Job.idempotency_key == key, Job.api_key_id.is_not_distinct_from(owner.key_id))
     )
@@ -94,12 +100,14 @@ def create_job(
         raise InvalidSubmission(f"retention_days: must be between 1 and {MAX_RETENTION_DAYS}")
     if idempotency_key is not None and not 1 <= len(idempotency_key) <= 200:
         raise InvalidSubmission("Idempotency-Key: must be 1 to 200 characters")
+    fingerprint = hashlib.sha256(f"retention:{retention_days}\n".encode())
+    documents = _fingerprinted(documents, fingerprint)
     try:
         if idempotency_key:
             existing = _find_idempotent(session, owner=owner, key=idempotency_key)
             if existing is not None:
                 session.commit()
-                return existing, False
+                return _replayed(existing, documents, fingerprint), False
         model = resolve_model(session=session, settings=settings)
         now = lifecycle.utcnow()
         retention = retention_days or settings.retention_days
@@ -137,11 +145,42 @@ def create_job(
         )
         job.total = count
         job.total_chars = total_chars
+        job.idempotency_hash = fingerprint.hexdigest() if idempotency_key else None
         session.commit()
+    except IntegrityError:
+        session.rollback()
+        # Two first tries of one Idempotency-Key at once (SQLite has no advisory lock): the unique
+        # constraint let one in; the other is its replay.
+        existing = _find_idempotent(session, owner=owner, key=idempotency_key) if idempotency_key else None
+        if existing is None:
+            raise
+        session.commit()
+        return _replayed(existing, documents, fingerprint), False
     except BaseException:
         session.rollback()
         raise
     return job, True
+
+
+def _fingerprinted(
+    documents: Iterable[IncomingDocument], digest: hashlib._Hash
+) -> Iterator[IncomingDocument]:
+    for doc in documents:
+        digest.update(json.dumps([doc.client_id, doc.text]).encode() + b"\n")
+        yield doc
+
+
+def _replayed(existing: Job, documents: Iterator[IncomingDocument], digest: hashlib._Hash) -> Job:
+    """The earlier job of a retried submission; another body under the same key is 422 (as Stripe)."""
+    if existing.idempotency_hash is None:
+        return existing  # stored before submissions were fingerprinted
+    for _ in documents:  # the rest of the body, hashed as it is read
+        pass
+    if digest.hexdigest() != existing.idempotency_hash:
+        raise InvalidSubmission(
+            "Idempotency-Key: already used for a different submission; use a new key for new documents"
+        )
+    return existing
 
 
 def _write_documents(
@@ -200,12 +239,7 @@ def list_jobs(
     if status is not None:
         query = query.where(Job.status == status)
     if cursor:
-        created, last_id = decode_cursor(cursor, arity=2)
-        try:
-            after = (datetime.fromisoformat(created), uuid.UUID(last_id))
-        except (TypeError, ValueError):
-            raise InvalidRequest("cursor: not a cursor returned by this API") from None
-        query = query.where(tuple_(Job.created_at, Job.id) < after)
+        query = query.where(tuple_(Job.created_at, Job.id) < decode_jobs_cursor(cursor))
     jobs = list(session.scalars(query))
     next_cursor = None
     if len(jobs) > limit:
@@ -232,3 +266,17 @@ def cancel_job(*, session: Session, job_id: str, owner: Owner) -> Job:
         session.rollback()
         raise
     return locked
+
+
+def cancel_key_jobs(*, session: Session, api_key_id: int) -> int:
+    """Cancel every queued or running job of a revoked key (processed results stay); returns how many.
+
+    A running chunk finishes (the job is ``cancelling`` until then); queued chunks are dropped.
+    """
+    job_ids = session.scalars(
+        select(Job.id).where(Job.api_key_id == api_key_id, Job.status.in_(lifecycle.ACTIVE))
+    ).all()
+    for job_id in job_ids:
+        lifecycle.cancel_job(session=session, job_id=job_id)
+    session.commit()
+    return len(job_ids)

@@ -36,3 +36,9 @@ class RateLimited(AccessError):
 
 class KeyNotFound(AccessError, LookupError):
     status_code = 404
+
+
+class InvalidKeySettings(AccessError, ValueError):
+    """A key created with settings out of range (its rate limit, say)."""
+
+    status_code = 422

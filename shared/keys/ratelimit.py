@@ -60,7 +60,12 @@ class TokenBucket:
         self._script = client.register_script(TOKEN_BUCKET_LUA)
 
     def take(self, key: str, cost: int = 1) -> Decision:
-        """Spend ``cost`` tokens of ``key``'s bucket when it has them."""
+        """Spend ``cost`` tokens of ``key``'s bucket when it has them.
+
+        A cost above the bucket's size is charged as a full bucket: it can still pass, once the
+        bucket is full, instead of never.
+        """
+        cost = max(1, min(cost, int(self.capacity)))
         allowed, wait, tokens = self._script(
             keys=[f"ner:ratelimit:{key}"], args=[self.rate, self.capacity, cost]
         )
@@ -74,9 +79,75 @@ class TokenBucket:
 
 def check_rate(*, redis_url: str, key: str, per_minute: int, burst: int | None) -> Decision:
     """Take one token for ``key``; when Redis is down the request passes (limits fail open)."""
+    return check_cost(redis_url=redis_url, key=key, per_minute=per_minute, burst=burst)
+
+
+# KEYS: the failure counters (one per client address, one per key prefix). ARGV[1]: the limit.
+# Returns the seconds until the fullest counter that reached the limit expires, or 0.
+_AUTH_CHECK_LUA = """
+local wait = 0
+for _, key in ipairs(KEYS) do
+  local count = tonumber(redis.call('GET', key) or '0')
+  if count >= tonumber(ARGV[1]) then
+    wait = math.max(wait, redis.call('TTL', key))
+  end
+end
+return wait
+"""
+_AUTH_FAIL_LUA = """
+for _, key in ipairs(KEYS) do
+  if redis.call('INCR', key) == 1 then
+    redis.call('EXPIRE', key, tonumber(ARGV[1]))
+  end
+end
+return 0
+"""
+
+
+class AuthThrottle:
+    """Failed key checks counted per client address and per key prefix, in fixed windows.
+
+    Checked before the scrypt of a key check, so guessing secrets of a known prefix (or spraying
+    unknown ones) costs a few scrypts a window, not one per request.
+    """
+
+    def __init__(self, client: redis.Redis, *, limit: int, window_s: int) -> None:
+        self.client = client
+        self.limit = limit
+        self.window_s = window_s
+
+    @staticmethod
+    def _keys(address: str | None, prefix: str | None) -> list[str]:
+        keys = [f"ner:authfail:addr:{address}"] if address else []
+        return keys + ([f"ner:authfail:prefix:{prefix}"] if prefix else [])
+
+    def retry_after(self, *, address: str | None, prefix: str | None) -> int:
+        """Seconds until this address or prefix may try again; 0 when it may now."""
+        keys = self._keys(address, prefix)
+        if not keys:
+            return 0
+        try:
+            wait = int(self.client.eval(_AUTH_CHECK_LUA, len(keys), *keys, self.limit))
+        except (redis.RedisError, OSError) as exc:
+            logger.warning("failed-auth throttle not checked, Redis unavailable: %s", type(exc).__name__)
+            return 0
+        return max(1, wait) if wait else 0
+
+    def record_failure(self, *, address: str | None, prefix: str | None) -> None:
+        keys = self._keys(address, prefix)
+        if not keys:
+            return
+        try:
+            self.client.eval(_AUTH_FAIL_LUA, len(keys), *keys, self.window_s)
+        except (redis.RedisError, OSError) as exc:
+            logger.warning("failed auth not counted, Redis unavailable: %s", type(exc).__name__)
+
+
+def check_cost(*, redis_url: str, key: str, per_minute: int, burst: int | None, cost: int = 1) -> Decision:
+    """Take ``cost`` tokens for ``key``; when Redis is down the request passes (limits fail open)."""
     bucket = TokenBucket(redis_client(redis_url), per_minute=per_minute, burst=burst)
     try:
-        return bucket.take(key)
+        return bucket.take(key, cost)
     except (redis.RedisError, OSError) as exc:
         logger.warning("rate limit not checked, Redis unavailable: %s", type(exc).__name__)
         return Decision(allowed=True, retry_after_s=0, remaining=-1)

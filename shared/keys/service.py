@@ -12,14 +12,18 @@ import hashlib
 import hmac
 import secrets
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from shared.core.tables import ApiKey, ApiKeyScope, utcnow
-from shared.keys.errors import KeyNotFound
+from shared.jobs import service as jobs
+from shared.keys.errors import InvalidKeySettings, KeyNotFound
+from shared.training import service as training
 
 KEY_PREFIX = "ner_"
 PREFIX_LEN = len(KEY_PREFIX) + 8
@@ -28,6 +32,7 @@ MAX_KEY_LEN = 200  # anything longer is not one of ours; refuse before hashing i
 # scrypt's cost: about 50 ms a verification. Verified keys are remembered per process (see
 # ``_verified``), so a gateway pays it once per key, not once per request.
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
+MAX_RATE_LIMIT = 10_000_000
 
 
 @dataclass(frozen=True)
@@ -39,6 +44,7 @@ class CreatedKey:
     scope: ApiKeyScope
     name: str
     plaintext: str
+    rate_limit_per_minute: int | None = None
 
 
 @dataclass(frozen=True)
@@ -47,6 +53,7 @@ class AuthenticatedKey:
     prefix: str
     scope: ApiKeyScope
     name: str
+    rate_limit_per_minute: int | None = None  # None: NER_RATE_LIMIT_PER_MINUTE
 
 
 def _b64(raw: bytes) -> str:
@@ -93,17 +100,34 @@ def parse_prefix(plaintext: str) -> str | None:
     return prefix
 
 
-def create_key(*, session: Session, scope: ApiKeyScope | str, name: str = "") -> CreatedKey:
-    """Create a key with ``scope``; the returned plaintext is never stored."""
+def create_key(
+    *, session: Session, scope: ApiKeyScope | str, name: str = "", rate_limit_per_minute: int | None = None
+) -> CreatedKey:
+    """Create a key with ``scope`` (and its own rate limit); the returned plaintext is never stored."""
     scope = ApiKeyScope(scope)
+    if rate_limit_per_minute is not None and not 1 <= rate_limit_per_minute <= MAX_RATE_LIMIT:
+        raise InvalidKeySettings(f"rate limit: must be 1 to {MAX_RATE_LIMIT} requests a minute")
     prefix = KEY_PREFIX + secrets.token_hex(4)
     while session.scalar(select(ApiKey.id).where(ApiKey.prefix == prefix)) is not None:
         prefix = KEY_PREFIX + secrets.token_hex(4)  # 32 random bits: a collision is rare
     plaintext = f"{prefix}_{secrets.token_urlsafe(32)}"
-    row = ApiKey(name=name, prefix=prefix, key_hash=hash_key(plaintext), scope=scope)
+    row = ApiKey(
+        name=name,
+        prefix=prefix,
+        key_hash=hash_key(plaintext),
+        scope=scope,
+        rate_limit_per_minute=rate_limit_per_minute,
+    )
     session.add(row)
     session.commit()
-    return CreatedKey(id=row.id, prefix=prefix, scope=scope, name=name, plaintext=plaintext)
+    return CreatedKey(
+        id=row.id,
+        prefix=prefix,
+        scope=scope,
+        name=name,
+        plaintext=plaintext,
+        rate_limit_per_minute=rate_limit_per_minute,
+    )
 
 
 def find_key(*, session: Session, ident: str) -> ApiKey:
@@ -127,7 +151,17 @@ def revoke_key(*, session: Session, ident: str) -> ApiKey:
         row.revoked_at = utcnow()
         session.commit()
     forget_verified(row.id)
+    _cancel_work_of(session=session, key_id=row.id)
     return row
+
+
+def _cancel_work_of(*, session: Session, key_id: int) -> None:
+    """A revoked key's queued and running jobs and training runs stop (processed results stay).
+
+    Workers and the trainer check revocation too, for keys revoked any other way.
+    """
+    jobs.cancel_key_jobs(session=session, api_key_id=key_id)
+    training.cancel_key_runs(session=session, api_key_id=key_id)
 
 
 def list_keys(*, session: Session) -> list[ApiKey]:
@@ -158,24 +192,54 @@ def forget_verified(key_id: int) -> None:
         _verified.pop(key_id, None)
 
 
-def authenticate(*, session: Session, plaintext: str) -> AuthenticatedKey | None:
-    """The live key matching ``plaintext``, or None (unknown, wrong or revoked)."""
+@lru_cache(maxsize=1)
+def _dummy_hash() -> str:
+    # Hashed once per process with the same cost as real keys: unknown and revoked keys spend the
+    # same scrypt as a wrong secret, so answer times do not tell which prefixes exist.
+    return hash_key(KEY_PREFIX + "00000000_" + secrets.token_urlsafe(32))
+
+
+def authenticate(
+    *, session: Session, plaintext: str, before_scrypt: Callable[[str], None] | None = None
+) -> AuthenticatedKey | None:
+    """The live key matching ``plaintext``, or None (unknown, wrong or revoked).
+
+    Unknown, revoked and wrong-secret keys take the same time (one scrypt each). ``before_scrypt``
+    is called with the prefix just before that scrypt (a throttle raises there); a key verified
+    recently by this process skips both.
+    """
     prefix = parse_prefix(plaintext)
     if prefix is None:
-        return None
+        return None  # not shaped like a key at all: nothing to hide, nothing hashed
     row = session.scalar(select(ApiKey).where(ApiKey.prefix == prefix))
-    if row is None or row.revoked_at is not None:
-        return None
+    live = row is not None and row.revoked_at is None
     fast = hashlib.sha256(plaintext.encode()).digest()
-    with _verified_lock:
-        cached = _verified.get(row.id)
-    ok = (
-        cached is not None and cached[0] == row.key_hash and hmac.compare_digest(cached[1], fast)
-    ) or check_hash(plaintext, row.key_hash)
-    if not ok:
+    if live:
+        assert row is not None
+        with _verified_lock:
+            cached = _verified.get(row.id)
+        if cached is not None and cached[0] == row.key_hash and hmac.compare_digest(cached[1], fast):
+            return _authenticated(row)
+    if before_scrypt is not None:
+        before_scrypt(prefix)
+    if not live:
+        check_hash(plaintext, _dummy_hash())
+        return None
+    assert row is not None
+    if not check_hash(plaintext, row.key_hash):
         return None
     with _verified_lock:
         if len(_verified) >= _VERIFIED_MAX:
             _verified.clear()
         _verified[row.id] = (row.key_hash, fast)
-    return AuthenticatedKey(id=row.id, prefix=row.prefix, scope=row.scope, name=row.name)
+    return _authenticated(row)
+
+
+def _authenticated(row: ApiKey) -> AuthenticatedKey:
+    return AuthenticatedKey(
+        id=row.id,
+        prefix=row.prefix,
+        scope=row.scope,
+        name=row.name,
+        rate_limit_per_minute=row.rate_limit_per_minute,
+    )

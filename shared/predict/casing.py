@@ -6,8 +6,8 @@ news text. Models trained with this feature keep the plain BERT architecture (on
 their ``config.json`` carries ``"ner_case_feature": "token_type"`` and whoever runs them passes
 ``token_type_ids = case_type_ids(...)`` instead of the tokenizer's all-zero ones.
 
-The class of a token is computed from the caller's own characters under the token's offsets, so
-training (words given) and serving (raw text) compute the same ids for the same characters.
+The class of a token is computed from the characters under the token's offsets; training encodes
+the same text a caller would send (``trainer.encoding``), so both compute the same ids.
 """
 
 from __future__ import annotations
@@ -44,16 +44,6 @@ def case_class(chars: str) -> int:
 def case_type_ids(text: str, offsets: Sequence[Sequence[int]]) -> list[int]:
     """Token-type ids for one encoded text: the case class of ``text[start:end]`` for each token."""
     return [case_class(text[start:end]) if end > start else LOWER for start, end in offsets]
-
-
-def words_case_type_ids(
-    words: Sequence[str], word_ids: Sequence[int | None], offsets: Sequence[Sequence[int]]
-) -> list[int]:
-    """The same for a text given as words (``is_split_into_words``): offsets are within each word."""
-    return [
-        LOWER if word is None or end <= start else case_class(words[word][start:end])
-        for word, (start, end) in zip(word_ids, offsets, strict=True)
-    ]
 
 
 def uses_case_feature(config: Any) -> bool:

@@ -43,3 +43,9 @@ class NotServedHere(PredictError):
     """An ingest gateway (NER_SERVE_PREDICT=false) loads no model."""
 
     status_code = 503
+
+
+class InvalidText(PredictError, ValueError):
+    """A text that is not valid Unicode text (a lone surrogate, say); the message names it."""
+
+    status_code = 422

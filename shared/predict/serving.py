@@ -14,6 +14,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import redis
@@ -24,7 +25,7 @@ from shared.core.config import Settings
 from shared.predict.engine.errors import ModelLoadError
 from shared.predict.errors import HOW_TO_GET_A_MODEL, ModelNotReady, NoModelAvailable
 from shared.registry import service as registry
-from shared.registry.errors import VersionNotFound
+from shared.registry.errors import CorruptVersion, VersionNotFound
 from shared.registry.notify import ACTIVE_CHANNEL
 
 if TYPE_CHECKING:
@@ -95,6 +96,9 @@ class ModelProvider:
         self._active: ServedModel | None = None
         self._resolved_none = False  # the last resolution found neither registry version nor NER_MODEL
         self._last_error: str | None = None
+        # The registry version that should answer but failed to load (None when all is well); while
+        # set, ``_active`` is the last good model kept or fallen back to.
+        self._wanted_failed: int | None = None
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -176,11 +180,19 @@ class ModelProvider:
             self._failed[ref.key] = (time.monotonic(), str(exc))
             self._last_error = str(exc)
             log.error("cannot serve %s; keeping the current model: %s", ref.key, exc)
+            if ref.version is not None:
+                self._wanted_failed = ref.version
+                self._record_load_error(ref.version, _without_path(str(exc), ref))
+            if self._active is None:
+                return self._fall_back(failed=ref)
             return self._active
         previous, self._active = self._active, served  # the swap: one reference assignment
         self._last_error = None
+        self._wanted_failed = None
         if previous is None or (previous.version, previous.ref) != (served.version, served.ref):
             log.info("now serving %s (%s)", ref.key, ref.path)
+            if served.version is not None:
+                self._record_load_error(served.version, None)
         return served
 
     def resolve(self) -> ModelRef | None:
@@ -207,17 +219,31 @@ class ModelProvider:
         return self._active is not None
 
     def status(self) -> str:
-        """``ok`` or why no model answers, for /readyz."""
-        if self._active is not None:
+        """``ok``, ``degraded: ...`` (a model answers, but not the registry's active version), or why
+        no model answers, for /readyz. Names versions, never folders."""
+        active = self._active
+        if active is not None:
+            failed = self._wanted_failed
+            if failed is not None and active.version != failed:
+                serving = f"version {active.version}" if active.version is not None else "NER_MODEL"
+                return f"degraded: version {failed} could not be loaded; serving {serving}"
             return "ok"
         if self._resolved_none:
             return self._no_model_message()
+        if self._wanted_failed is not None:
+            return f"error: version {self._wanted_failed} could not be loaded and no earlier version loads"
         return f"error: {self._last_error}" if self._last_error else "loading"
 
     def describe(self) -> dict[str, object] | None:
-        """The active model for metrics and /readyz; None before one is loaded."""
+        """The active model for metrics and /readyz (with ``load_failed``: the active version that
+        could not be loaded, when it is not the one answering); None before one is loaded."""
         active = self._active
-        return active.describe() if active else None
+        if active is None:
+            return None
+        info = active.describe()
+        failed = self._wanted_failed
+        info["load_failed"] = failed if failed is not None and failed != active.version else None
+        return info
 
     # --- internals ---------------------------------------------------------------------------
 
@@ -250,6 +276,7 @@ class ModelProvider:
                 cached = self._cache.get(ref.key)
                 if cached is not None and cached.ref == ref.path:
                     return cached
+            _verify(ref)
             started = time.monotonic()
             served = ServedModel(version=ref.version, ref=ref.path, engine=self._loader(ref.path))
             log.info("loaded %s in %.1fs", ref.key, time.monotonic() - started)
@@ -264,6 +291,42 @@ class ModelProvider:
                     # In-flight users keep their reference; the engine is freed when they finish.
                     del self._cache[key]
             return served
+
+    def _fall_back(self, *, failed: ModelRef) -> ServedModel | None:
+        """Nothing answers and the active version does not load: serve the version that was active
+        before it (newest first, skipping any known not to load), else NER_MODEL."""
+        try:
+            with self._session() as session:
+                refs = [
+                    ModelRef(version=row.version, path=row.path)
+                    for row in registry.fallback_versions(session=session, exclude=failed.version)
+                ]
+        except SQLAlchemyError as exc:
+            log.warning("no fallback: model registry unreachable (%s)", exc.__class__.__name__)
+            refs = []
+        if self.settings.model and failed.version is not None:
+            refs.append(ModelRef(version=None, path=self.settings.model))
+        for ref in refs:
+            try:
+                served = self._load(ref)
+            except ModelLoadError as exc:
+                log.error("fallback %s does not load either: %s", ref.key, exc)
+                if ref.version is not None:
+                    self._record_load_error(ref.version, _without_path(str(exc), ref))
+                continue
+            self._active = served
+            log.warning("%s could not be loaded; serving %s instead", failed.key, ref.key)
+            return served
+        return None
+
+    def _record_load_error(self, version: int, error: str | None) -> None:
+        """Tell the registry (so GET /models shows it) that ``version`` does or does not load here."""
+        try:
+            with self._session() as session:
+                registry.record_load_error(session=session, version=version, error=error)
+                session.commit()
+        except SQLAlchemyError as exc:  # reporting must never stop serving
+            log.warning("could not record the load status of v%s: %s", version, exc.__class__.__name__)
 
     def _watch(self) -> None:
         while not self._stop.is_set():
@@ -291,3 +354,23 @@ class ModelProvider:
             except (redis.RedisError, OSError):
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 30.0)
+
+
+def _verify(ref: ModelRef) -> None:
+    """Check a folder before anything deserialises it: a registry version against its manifest
+    (safetensors, hashes), a local NER_MODEL folder for pickle-only weights. Raises ModelLoadError."""
+    if ref.version is not None:
+        try:
+            registry.verify_folder(path=ref.path)
+        except CorruptVersion as exc:
+            raise ModelLoadError(f"version {ref.version} failed verification: {exc}") from None
+        return
+    folder = Path(ref.path)
+    if folder.is_dir() and not (folder / "model.safetensors").is_file():
+        raise ModelLoadError(f"{ref.path!r} has no model.safetensors; pickle weights are never loaded")
+
+
+def _without_path(message: str, ref: ModelRef) -> str:
+    """A load error as callers may see it: the folder replaced by the version's name."""
+    name = f"version {ref.version}" if ref.version is not None else "NER_MODEL"
+    return message.replace(ref.path, name)[:2000]

@@ -19,3 +19,9 @@ class CorruptVersion(RegistryError):
     """The version's folder is missing or does not hold a loadable model; nothing changed."""
 
     status_code = 409
+
+
+class ActivationConflict(RegistryError):
+    """Another activation won a race with this one; nothing of this one changed."""
+
+    status_code = 409

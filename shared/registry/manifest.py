@@ -1,16 +1,25 @@
-"""The files of a version folder and their sha256: written on publish, checked on activation."""
+"""The files of a version folder and their sha256: written on publish, checked on activation and load.
+
+A servable version folder holds ``config.json`` (with ``id2label``), ``model.safetensors`` and a
+``manifest.json`` that lists every other file of the folder with its sha256. Pickle-based weights
+(``pytorch_model.bin``, ``*.pt``, ...) are refused wherever they appear: loading one runs code.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from shared.registry.errors import CorruptVersion
 
 # Written into every published version folder: the files and their sha256, checked on activation.
 MANIFEST = "manifest.json"
-WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+WEIGHTS = "model.safetensors"
+WEIGHT_FILES = (WEIGHTS,)
+# Files that are deserialised with pickle by torch or transformers: never in a version folder.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+REQUIRED = ("config.json", WEIGHTS)
 
 
 def file_sha256(path: Path) -> str:
@@ -22,9 +31,9 @@ def file_sha256(path: Path) -> str:
 
 
 def write_manifest(folder: Path) -> dict[str, str]:
-    """Record every file of a version folder with its sha256 (activation checks them)."""
+    """Record every file of a version folder with its sha256 (activation and loading check them)."""
     files = {
-        str(path.relative_to(folder)): file_sha256(path)
+        path.relative_to(folder).as_posix(): file_sha256(path)
         for path in sorted(folder.rglob("*"))
         if path.is_file() and path.name != MANIFEST
     }
@@ -32,37 +41,78 @@ def write_manifest(folder: Path) -> dict[str, str]:
     return files
 
 
+def _read_manifest(folder: Path, name: str) -> dict[str, str]:
+    """The manifest's {relative path: sha256}; CorruptVersion when missing, unreadable or malformed."""
+    path = folder / MANIFEST
+    if not path.is_file():
+        raise CorruptVersion(f"{name}: {MANIFEST} is missing (a version must list its files and hashes)")
+    try:
+        files = json.loads(path.read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise CorruptVersion(f"{name}: {MANIFEST} is unreadable") from None
+    if not isinstance(files, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in files.items()
+    ):
+        raise CorruptVersion(f"{name}: {MANIFEST} is malformed")
+    for relative in files:
+        parts = PurePosixPath(relative).parts
+        # A manifest is data from the artifact store: it must not point outside its own folder.
+        if not parts or PurePosixPath(relative).is_absolute() or ".." in parts:
+            raise CorruptVersion(f"{name}: {MANIFEST} names a file outside the folder")
+    return files
+
+
 def validate_version_folder(path: str | Path) -> None:
-    """Raise CorruptVersion unless ``path`` holds a complete model: config with labels, intact weights."""
+    """Raise CorruptVersion unless ``path`` holds a servable model: config with labels, safetensors
+    weights, no pickle files, and a manifest whose every file is present with its sha256.
+
+    Messages name the folder by its last component only: they reach API callers.
+    """
     folder = Path(path)
+    name = f"model folder {folder.name!r}"
     if not folder.is_dir():
-        raise CorruptVersion(f"model folder {folder} is missing")
+        raise CorruptVersion(f"{name} is missing")
+    present = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() or p.is_symlink()}
+    pickles = sorted(p for p in present if p.lower().endswith(PICKLE_SUFFIXES))
+    if pickles:
+        raise CorruptVersion(
+            f"{name} holds pickle weights ({', '.join(pickles)}), which are never loaded; "
+            f"save the model as {WEIGHTS}"
+        )
+    for required in REQUIRED:
+        if required not in present:
+            raise CorruptVersion(f"{name}: {required} is missing")
+    files = _read_manifest(folder, name)
+    for required in REQUIRED:
+        if required not in files:
+            raise CorruptVersion(f"{name}: {MANIFEST} does not list {required}")
+    unlisted = sorted(present - set(files) - {MANIFEST})
+    if unlisted:
+        raise CorruptVersion(f"{name}: files not in {MANIFEST}: {', '.join(unlisted[:5])}")
+    for relative, expected in files.items():
+        file = folder / relative
+        if not file.is_file():  # a symlink counts by what it points to: its content is hashed
+            raise CorruptVersion(f"{name}: {relative} is missing")
+        if file_sha256(file) != expected:
+            raise CorruptVersion(f"{name}: {relative} is corrupt (checksum mismatch)")
     try:
         config = json.loads((folder / "config.json").read_text())
-    except (OSError, ValueError) as exc:
-        raise CorruptVersion(f"model folder {folder}: config.json is missing or unreadable ({exc})") from None
+    except (OSError, ValueError):
+        raise CorruptVersion(f"{name}: config.json is unreadable") from None
     if not isinstance(config, dict) or not config.get("id2label"):
-        raise CorruptVersion(f"model folder {folder}: config.json has no id2label")
-    if not any((folder / name).is_file() for name in WEIGHT_FILES):
-        raise CorruptVersion(f"model folder {folder}: no weights file ({' or '.join(WEIGHT_FILES)})")
-    manifest_path = folder / MANIFEST
-    if manifest_path.is_file():
-        try:
-            files = json.loads(manifest_path.read_text())["files"]
-        except (OSError, ValueError, KeyError) as exc:
-            raise CorruptVersion(f"model folder {folder}: {MANIFEST} is unreadable ({exc})") from None
-        for name, expected in files.items():
-            file = folder / name
-            if not file.is_file():
-                raise CorruptVersion(f"model folder {folder}: {name} is missing")
-            if file_sha256(file) != expected:
-                raise CorruptVersion(f"model folder {folder}: {name} is corrupt (checksum mismatch)")
-    elif (folder / "model.safetensors").is_file():
-        # A folder registered without a manifest: at least the safetensors header must parse.
-        from safetensors import safe_open
+        raise CorruptVersion(f"{name}: config.json has no id2label")
+    _check_safetensors_header(folder / WEIGHTS, name)
 
-        try:
-            with safe_open(str(folder / "model.safetensors"), framework="pt") as handle:
-                handle.keys()
-        except Exception as exc:  # safetensors raises its own error types for truncated files
-            raise CorruptVersion(f"model folder {folder}: model.safetensors is corrupt ({exc})") from None
+
+def _check_safetensors_header(path: Path, name: str) -> None:
+    """The header of a safetensors file is JSON after an 8-byte length: parse it without torch."""
+    try:
+        with path.open("rb") as handle:
+            size = int.from_bytes(handle.read(8), "little")
+            if not 2 <= size <= 100 * 2**20 or size + 8 > path.stat().st_size:
+                raise ValueError("bad header length")
+            header = json.loads(handle.read(size))
+        if not isinstance(header, dict):
+            raise ValueError("header is not an object")
+    except (OSError, ValueError):
+        raise CorruptVersion(f"{name}: {WEIGHTS} is not a safetensors file") from None

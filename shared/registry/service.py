@@ -6,10 +6,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from shared.core.tables import ModelVersion, VersionStatus
-from shared.registry.errors import CorruptVersion, VersionNotFound
+from shared.registry.errors import ActivationConflict, CorruptVersion, VersionNotFound
 from shared.registry.manifest import validate_version_folder
 from shared.registry.notify import notify_active
 
@@ -72,8 +73,10 @@ def register_version(
 def activate(*, session: Session, version: int) -> ModelVersion:
     """Make ``version`` the only active version; the previous one is retired.
 
-    The folder is checked first: a missing or corrupt one raises CorruptVersion and nothing changes.
-    Flushed, not committed; call ``notify_active`` after the commit.
+    The folder is checked first (safetensors weights, manifest hashes): a missing, tampered or
+    pickle-only one raises CorruptVersion and nothing changes. Two activations at once: one wins,
+    the other raises ActivationConflict (409). Flushed, not committed; call ``notify_active`` after
+    the commit.
     """
     target = session.get(ModelVersion, version, with_for_update=True)
     if target is None:
@@ -81,20 +84,62 @@ def activate(*, session: Session, version: int) -> ModelVersion:
     try:
         validate_version_folder(target.path)
     except CorruptVersion as exc:
-        raise CorruptVersion(f"{exc}; the active version is unchanged") from None
+        raise CorruptVersion(f"version {version}: {exc}; the active version is unchanged") from None
     if target.status == VersionStatus.active:
         return target
+    try:
+        # A savepoint: losing the race must not abort the caller's whole transaction.
+        with session.begin_nested():
+            session.execute(
+                update(ModelVersion)
+                .where(ModelVersion.status == VersionStatus.active)
+                .values(status=VersionStatus.retired)
+            )
+            # Flush the retirement first: the partial unique index allows one active row at a time.
+            session.flush()
+            target.status = VersionStatus.active
+            target.activated_at = datetime.now(UTC)
+            target.load_error = None
+            target.load_error_at = None
+            session.flush()
+    except IntegrityError:
+        # Another activation committed its version between our retirement and our flush.
+        raise ActivationConflict(
+            f"another version was activated at the same time as version {version}; "
+            "check GET /models and retry if still wanted"
+        ) from None
+    return target
+
+
+def verify_folder(*, path: str) -> None:
+    """Raise CorruptVersion unless ``path`` is a servable version folder (what loaders check)."""
+    validate_version_folder(path)
+
+
+def record_load_error(*, session: Session, version: int, error: str | None) -> None:
+    """Remember (or, with None, clear) why a gateway or worker could not load ``version``."""
     session.execute(
         update(ModelVersion)
-        .where(ModelVersion.status == VersionStatus.active)
-        .values(status=VersionStatus.retired)
+        .where(ModelVersion.version == version)
+        .values(load_error=error, load_error_at=datetime.now(UTC) if error else None)
     )
-    # Flush the retirement first: the partial unique index allows one active row at a time.
-    session.flush()
-    target.status = VersionStatus.active
-    target.activated_at = datetime.now(UTC)
-    session.flush()
-    return target
+
+
+def fallback_versions(*, session: Session, exclude: int | None) -> list[ModelVersion]:
+    """Versions that were active before, newest activation first, none known to fail to load."""
+    query = (
+        select(ModelVersion)
+        .where(
+            ModelVersion.status == VersionStatus.retired,
+            ModelVersion.activated_at.is_not(None),
+            ModelVersion.load_error.is_(None),
+        )
+        .order_by(ModelVersion.activated_at.desc())
+        .limit(5)
+    )
+    if exclude is not None:
+        query = query.where(ModelVersion.version != exclude)
+    return list(session.scalars(query))
 
 
 def promote(*, session: Session, version: int, redis_url: str) -> ModelVersion:

@@ -49,3 +49,23 @@ class BrokerUnavailable(TrainingError):
     """The run could not be queued; it is marked failed."""
 
     status_code = 503
+
+
+class UploadQuotaExceeded(TrainingError):
+    """The key's stored uploads would exceed NER_TRAIN_UPLOAD_QUOTA_BYTES."""
+
+    status_code = 429
+    headers = {"Retry-After": "3600"}  # noqa: RUF012 - a class constant, never mutated
+
+
+class RunQuotaExceeded(TrainingError):
+    """The key already has NER_TRAIN_MAX_QUEUED_RUNS runs queued or running."""
+
+    status_code = 429
+    headers = {"Retry-After": "60"}  # noqa: RUF012 - a class constant, never mutated
+
+
+class BaseModelNotAllowed(TrainingError):
+    """A base model other than NER_BASE_MODEL, named by a key that is not admin and not allow-listed."""
+
+    status_code = 403

@@ -46,24 +46,38 @@ class DataSpec:
         return {key: ref for key in SPLITS if (ref := getattr(self, key))}
 
 
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+# A Hugging Face id: ``owner/name``, each part starting with a letter or digit (so no "." or ".."
+# parts, no absolute paths, no further separators). The base-model check accepts a bare name too.
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+HUB_DATASET_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
 _DATA_SUFFIXES = {".conll", ".conllu", ".txt", ".iob", ".bio", ".tsv", ".jsonl", ".json", ".ndjson"}
 
 
 def _check_inside(ref: str, path: Path, roots: Sequence[Path] | None) -> None:
+    # The message names the reference and the setting, never the server's folders.
     if roots is not None and not any(path == root or path.is_relative_to(root) for root in roots):
-        allowed = ", ".join(str(root) for root in roots)
-        raise DataError(f"{ref}: path is outside the allowed data folders (NER_DATA_ROOTS: {allowed})")
+        raise DataError(f"{ref}: path is outside the allowed data folders (NER_DATA_ROOTS)")
 
 
-def resolve_local(ref: str, *, roots: Sequence[Path] | None) -> Path | None:
+def hub_dataset_id(ref: str, *, allow_hub: bool = True) -> str:
+    """The dataset id of a hub reference (``hf:owner/name`` or ``owner/name``), checked; DataError else."""
+    name = ref.removeprefix("hf:")
+    if not allow_hub:
+        raise DataError(f"{ref}: Hugging Face datasets are switched off here (NER_ALLOW_HUB_DATA=false)")
+    if not HUB_DATASET_ID.fullmatch(name) or ".." in name:
+        raise DataError(f"{ref}: not a Hugging Face dataset id (expected owner/name)")
+    return name
+
+
+def resolve_local(ref: str, *, roots: Sequence[Path] | None, allow_hub: bool = True) -> Path | None:
     """The local file or folder ``ref`` names, checked against ``roots``; None for a hub dataset id.
 
     Relative references are looked up under each root (uploads are referenced that way).
     ``roots=None`` allows any path, relative to the working directory (the ``ner train`` command,
-    run by the user on their own files).
+    run by the user on their own files). ``hf:`` references are hub ids and never paths.
     """
     if ref.startswith("hf:"):
+        hub_dataset_id(ref, allow_hub=allow_hub)
         return None
     raw = Path(ref).expanduser()
     if raw.is_absolute():
@@ -82,16 +96,18 @@ def resolve_local(ref: str, *, roots: Sequence[Path] | None) -> Path | None:
         _check_inside(ref, resolved[0], roots)  # outside the roots is the more useful message
     if raw.is_absolute() or ref.startswith((".", "~")) or raw.suffix.lower() in _DATA_SUFFIXES:
         raise DataError(f"{ref}: no such file or folder")
-    if HUB_ID.match(ref):
+    if HUB_DATASET_ID.fullmatch(ref) and ".." not in ref:
+        hub_dataset_id(ref, allow_hub=allow_hub)
         return None
-    raise DataError(f"{ref}: no such file or folder, and not a Hugging Face dataset id")
+    raise DataError(f"{ref}: no such file or folder, and not a Hugging Face dataset id (owner/name)")
 
 
-def check_references(spec: DataSpec, *, roots: Sequence[Path] | None) -> None:
-    """Cheap checks a request can be refused on: paths exist and lie inside the allowed folders."""
+def check_references(spec: DataSpec, *, roots: Sequence[Path] | None, allow_hub: bool = True) -> None:
+    """Cheap checks a request can be refused on: paths exist and lie inside the allowed folders,
+    hub ids look like ``owner/name`` (and are allowed at all)."""
     for key, ref in spec.as_dict().items():
         try:
-            resolve_local(ref, roots=roots)
+            resolve_local(ref, roots=roots, allow_hub=allow_hub)
         except DataError as exc:
             raise DataError(f"data.{key}: {exc}") from None
 

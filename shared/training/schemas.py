@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from shared.core.tables import TrainingRun
 from shared.training.status import eta_seconds, progress
+
+_NOT_TEXT = re.compile("[\x00\ud800-\udfff]")
 
 # Hyperparameters left out (null) take the default recipe of shared.training.params.TrainParams.
 
@@ -26,27 +29,44 @@ _TRAIN_EXAMPLE = {
 }
 
 
+def _plain_text(value: str | None) -> str | None:
+    # A NUL or a lone surrogate is valid JSON but no path, id or database text: refuse by name.
+    if value is not None and _NOT_TEXT.search(value):
+        raise ValueError("contains a NUL character or a lone surrogate")
+    return value
+
+
+PlainStr = Annotated[str, AfterValidator(_plain_text)]
+
+
 class TrainData(BaseModel):
     """Data references: files or folders under NER_DATA_ROOTS (absolute, or relative to a root,
-    e.g. what POST /train/uploads returned), or a Hugging Face dataset id."""
+    e.g. what POST /train/uploads returned), or a Hugging Face dataset id (``owner/name``)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    train: str = Field(
+    train: PlainStr = Field(
         min_length=1, description="CoNLL or JSONL file, a folder with split files, or a hub id."
     )
-    validation: str | None = Field(default=None, description="Default: a seeded split of train.")
-    test: str | None = Field(default=None, description="Scored per entity type at the end.")
+    validation: PlainStr | None = Field(default=None, description="Default: a seeded split of train.")
+    test: PlainStr | None = Field(default=None, description="Scored per entity type at the end.")
 
 
 class TrainRequest(BaseModel):
     """A training run. Unknown fields are refused (422), so a typo is not silently ignored."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [_TRAIN_EXAMPLE]})
+    # NaN and Infinity are not numbers a run can use: 422, never stored.
+    model_config = ConfigDict(
+        extra="forbid", allow_inf_nan=False, json_schema_extra={"examples": [_TRAIN_EXAMPLE]}
+    )
 
-    data: TrainData | str = Field(description="Splits by reference, or one folder / hub id holding them all.")
-    base_model: str | None = Field(
-        default=None, description="Hub id or local folder to start from (default NER_BASE_MODEL)."
+    data: TrainData | PlainStr = Field(
+        description="Splits by reference, or one folder / hub id holding them all."
+    )
+    base_model: PlainStr | None = Field(
+        default=None,
+        description="Hub id or local folder to start from (default NER_BASE_MODEL); other than the "
+        "default only for admin keys or ids on NER_BASE_MODEL_ALLOW.",
     )
     epochs: int | None = Field(default=None, ge=1, le=100)
     learning_rate: float | None = Field(default=None, gt=0, le=1)
@@ -54,7 +74,7 @@ class TrainRequest(BaseModel):
     max_length: int | None = Field(default=None, ge=8, le=512, description="Sub-tokens per sentence.")
     warmup_ratio: float | None = Field(default=None, ge=0, lt=1)
     weight_decay: float | None = Field(default=None, ge=0, le=1)
-    seed: int | None = Field(default=None, ge=0)
+    seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
     loss: Literal["ce", "weighted_ce", "focal", "mom"] | None = Field(
         default=None, description="Default NER_TRAIN_LOSS."
     )

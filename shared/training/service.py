@@ -7,15 +7,23 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from shared.core.config import Settings
 from shared.core.tables import RunStatus, TrainingEpoch, TrainingRun
 from shared.keys.owner import Owner
-from shared.training.errors import BrokerUnavailable, DataError, RunFinished, RunNotFound
+from shared.training import uploads
+from shared.training.errors import (
+    BaseModelNotAllowed,
+    BrokerUnavailable,
+    DataError,
+    RunFinished,
+    RunNotFound,
+    RunQuotaExceeded,
+)
 from shared.training.params import TrainParams
-from shared.training.references import HUB_ID, DataSpec, check_references
+from shared.training.references import HUB_ID, DataSpec, check_references, resolve_local
 
 TRAIN_TASK = "ner.train.run"
 FINISHED = (RunStatus.succeeded, RunStatus.failed, RunStatus.cancelled)
@@ -37,8 +45,8 @@ def check_base_model(base_model: str, *, settings: Settings) -> None:
 
     Any other local path is refused: a request must not make the trainer read arbitrary folders.
     """
-    if base_model == settings.base_model:
-        return
+    if base_model == settings.base_model or base_model in settings.base_model_allow:
+        return  # the operator's own choices
     path = Path(base_model).expanduser()
     local = path.is_absolute() or base_model.startswith((".", "~")) or ".." in path.parts
     if not local and HUB_ID.match(base_model) and not path.exists():
@@ -52,6 +60,51 @@ def check_base_model(base_model: str, *, settings: Settings) -> None:
         )
 
 
+def check_base_model_allowed(base_model: str | None, *, settings: Settings, owner: Owner) -> None:
+    """Only admin keys, or an id on NER_BASE_MODEL_ALLOW, may train from another base model (403).
+
+    Any other key could otherwise make the trainer download an arbitrary (huge) hub model.
+    """
+    if not base_model or base_model == settings.base_model or owner.admin:
+        return
+    if base_model in settings.base_model_allow:
+        return
+    raise BaseModelNotAllowed(
+        "base_model: only an admin key may choose a base model other than the configured one, "
+        "unless it is on the operator's list (NER_BASE_MODEL_ALLOW)"
+    )
+
+
+def check_run_quota(*, session: Session, settings: Settings, owner: Owner) -> None:
+    """A key may have NER_TRAIN_MAX_QUEUED_RUNS runs queued or running at once (429 past it)."""
+    if owner.key_id is None:
+        return
+    active = session.scalar(
+        select(func.count())
+        .select_from(TrainingRun)
+        .where(
+            TrainingRun.api_key_id == owner.key_id,
+            TrainingRun.status.in_([RunStatus.queued, RunStatus.running]),
+        )
+    )
+    if (active or 0) >= settings.train_max_queued_runs:
+        raise RunQuotaExceeded(
+            f"this API key already has {active} training runs queued or running "
+            f"(NER_TRAIN_MAX_QUEUED_RUNS={settings.train_max_queued_runs}); wait for one to finish"
+        )
+
+
+def check_upload_owner(data: DataSpec, *, session: Session, settings: Settings, owner: Owner) -> None:
+    """References into the uploads folder must name the caller's own uploads (as missing if not)."""
+    for key, ref in data.as_dict().items():
+        path = resolve_local(ref, roots=allowed_roots(settings), allow_hub=settings.allow_hub_data)
+        owned = path is None or uploads.owns_upload(
+            session=session, settings=settings, owner=owner, path=path
+        )
+        if not owned:
+            raise DataError(f"data.{key}: {ref}: no such file or folder")
+
+
 def create_run(
     *,
     session: Session,
@@ -63,7 +116,7 @@ def create_run(
     request_id: str | None = None,
 ) -> TrainingRun:
     """Check the data references and store a queued run (committed); the caller enqueues it."""
-    check_references(data, roots=allowed_roots(settings))
+    check_references(data, roots=allowed_roots(settings), allow_hub=settings.allow_hub_data)
     if base_model:
         check_base_model(base_model, settings=settings)
     run = TrainingRun(
@@ -100,10 +153,17 @@ def start_run(
     from kombu.exceptions import OperationalError as KombuOperationalError
 
     params = TrainParams(**{"loss": settings.train_loss, **overrides})
+    if base_model:
+        check_base_model(base_model, settings=settings)  # a path outside the roots: 422 for anyone
+    check_base_model_allowed(base_model, settings=settings, owner=owner)
+    spec = DataSpec.parse(data)
+    check_references(spec, roots=allowed_roots(settings), allow_hub=settings.allow_hub_data)
+    check_upload_owner(spec, session=session, settings=settings, owner=owner)
+    check_run_quota(session=session, settings=settings, owner=owner)
     run = create_run(
         session=session,
         settings=settings,
-        data=DataSpec.parse(data),
+        data=spec,
         params=params.as_dict(),
         base_model=base_model,
         api_key_id=owner.key_id,
@@ -115,6 +175,11 @@ def start_run(
         finish(session=session, run_id=run.id, status=RunStatus.failed, error=f"could not queue: {exc}")
         raise BrokerUnavailable("the broker is unreachable; the run was not queued") from None
     return run
+
+
+def purge_expired_uploads(*, session: Session, settings: Settings) -> int:
+    """Delete training uploads past NER_TRAIN_UPLOAD_RETENTION_DAYS (the clean-up schedule's task)."""
+    return uploads.purge_expired_uploads(session=session, settings=settings)
 
 
 def get_run(*, session: Session, run_id: uuid.UUID, owner: Owner | None = None) -> TrainingRun:
@@ -147,6 +212,25 @@ def request_cancel(*, session: Session, run_id: uuid.UUID, owner: Owner | None =
         run.finished_at = datetime.now(UTC)
     session.commit()
     return run
+
+
+def cancel_key_runs(*, session: Session, api_key_id: int) -> int:
+    """Cancel every queued or running run of a revoked key; returns how many.
+
+    A queued run is cancelled at once; a running one stops at its next check and is not published.
+    """
+    runs = session.scalars(
+        select(TrainingRun)
+        .where(TrainingRun.api_key_id == api_key_id, TrainingRun.status.not_in(FINISHED))
+        .with_for_update()
+    ).all()
+    for run in runs:
+        run.cancel_requested = True
+        if run.status == RunStatus.queued:
+            run.status = RunStatus.cancelled
+            run.finished_at = datetime.now(UTC)
+    session.commit()
+    return len(runs)
 
 
 # --- updates made by the worker -----------------------------------------------------------------

@@ -1,4 +1,9 @@
-"""Training data files sent to the gateway: stored under the uploads folder, referenced in POST /train."""
+"""Training data files sent to the gateway: stored under the uploads folder, referenced in POST /train.
+
+Each upload belongs to the key that sent it (a row in ``training_uploads``): only that key (or an
+admin) may reference it, it counts against the key's quota (NER_TRAIN_UPLOAD_QUOTA_BYTES), and
+the clean-up schedule deletes it after NER_TRAIN_UPLOAD_RETENTION_DAYS.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +12,18 @@ import re
 import shutil
 import uuid
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import BinaryIO
 
-from shared.core.config import Settings
-from shared.training.errors import UploadRejected, UploadTooLarge
+from sqlalchemy import delete, func, select
+from sqlalchemy.orm import Session
 
-UPLOAD_MAX_BYTES = 2 * 1024**3
+from shared.core.config import Settings
+from shared.core.tables import TrainingUpload, utcnow
+from shared.keys.owner import Owner
+from shared.training.errors import UploadQuotaExceeded, UploadRejected, UploadTooLarge
+
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -29,8 +39,28 @@ def safe_name(filename: str | None) -> str:
     return _UNSAFE.sub("_", (filename or "data").rsplit("/", 1)[-1]).strip("._") or "data"
 
 
-def store_upload(*, settings: Settings, filename: str | None, stream: BinaryIO) -> StoredUpload:
-    """Copy ``stream`` into a folder of its own under NER_UPLOADS_DIR; nothing is kept on refusal."""
+def bytes_used(*, session: Session, key_id: int | None) -> int:
+    """What ``key_id``'s stored uploads add up to."""
+    total = session.scalar(
+        select(func.coalesce(func.sum(TrainingUpload.bytes), 0)).where(
+            TrainingUpload.api_key_id.is_not_distinct_from(key_id)
+        )
+    )
+    return int(total or 0)
+
+
+def store_upload(
+    *, session: Session, settings: Settings, owner: Owner, filename: str | None, stream: BinaryIO
+) -> StoredUpload:
+    """Copy ``stream`` into a folder of its own under the uploads folder, owned by ``owner``'s key.
+
+    Over NER_TRAIN_UPLOAD_MAX_BYTES: 413; over the key's quota: 429. Nothing is kept on refusal.
+    """
+    quota_left = None
+    if owner.key_id is not None:  # auth off: no quota
+        quota_left = settings.train_upload_quota_bytes - bytes_used(session=session, key_id=owner.key_id)
+        if quota_left <= 0:
+            raise UploadQuotaExceeded(_quota_message(settings))
     name = safe_name(filename)
     folder = settings.uploads_dir / uuid.uuid4().hex
     folder.mkdir(parents=True, exist_ok=True)
@@ -41,13 +71,65 @@ def store_upload(*, settings: Settings, filename: str | None, stream: BinaryIO) 
         with target.open("wb") as handle:
             while chunk := stream.read(1 << 20):
                 size += len(chunk)
-                if size > UPLOAD_MAX_BYTES:
-                    raise UploadTooLarge(f"upload larger than {UPLOAD_MAX_BYTES} bytes")
+                if size > settings.train_upload_max_bytes:
+                    limit = settings.train_upload_max_bytes
+                    raise UploadTooLarge(f"upload larger than {limit} bytes (NER_TRAIN_UPLOAD_MAX_BYTES)")
+                if quota_left is not None and size > quota_left:
+                    raise UploadQuotaExceeded(_quota_message(settings))
                 digest.update(chunk)
                 handle.write(chunk)
         if size == 0:
             raise UploadRejected(f"{name}: the uploaded file is empty")
+        session.add(
+            TrainingUpload(
+                api_key_id=owner.key_id,
+                path=str(target.relative_to(settings.uploads_dir)),
+                bytes=size,
+                sha256=digest.hexdigest(),
+                expires_at=utcnow() + timedelta(days=settings.train_upload_retention_days),
+            )
+        )
+        session.commit()
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
     return StoredUpload(path=target, bytes=size, sha256=digest.hexdigest())
+
+
+def _quota_message(settings: Settings) -> str:
+    return (
+        f"this API key's uploads would exceed {settings.train_upload_quota_bytes} bytes "
+        f"(NER_TRAIN_UPLOAD_QUOTA_BYTES); uploads expire after {settings.train_upload_retention_days} days"
+    )
+
+
+def owns_upload(*, session: Session, settings: Settings, owner: Owner, path: Path) -> bool:
+    """Whether ``path`` (resolved) is outside the uploads folder, or inside an upload of ``owner``'s."""
+    uploads = settings.uploads_dir.resolve()
+    if owner.admin or not (path == uploads or path.is_relative_to(uploads)):
+        return True
+    parts = path.relative_to(uploads).parts
+    if not parts:
+        return False  # the uploads folder itself holds everyone's files
+    row = session.scalar(
+        select(TrainingUpload.id).where(
+            TrainingUpload.path.startswith(parts[0] + "/", autoescape=True),
+            TrainingUpload.api_key_id.is_not_distinct_from(owner.key_id),
+        )
+    )
+    return row is not None
+
+
+def purge_expired_uploads(*, session: Session, settings: Settings, now: datetime | None = None) -> int:
+    """Delete uploads past their retention (files and rows); returns how many."""
+    now = now or utcnow()
+    rows = session.scalars(select(TrainingUpload).where(TrainingUpload.expires_at < now)).all()
+    uploads = settings.uploads_dir.resolve()
+    for row in rows:
+        folder = (uploads / row.path).parent.resolve()
+        if folder.is_relative_to(uploads) and folder != uploads:
+            shutil.rmtree(folder, ignore_errors=True)
+    if rows:
+        session.execute(delete(TrainingUpload).where(TrainingUpload.id.in_([row.id for row in rows])))
+        session.commit()
+    return len(rows)

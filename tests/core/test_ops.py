@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import subprocess
 import sys
 import textwrap
@@ -477,3 +478,39 @@ def _json_lines(text: str) -> list[dict[str, object]]:
             except json.JSONDecodeError:
                 continue
     return entries
+
+
+# --- Flower is never open beyond this machine (trust boundaries, row 7) -----------------------
+
+
+@pytest.mark.parametrize("command", ["flower", "up"])
+def test_flower_refuses_to_start_without_a_password_off_loopback(
+    command: str, service_env: dict[str, str], tmp_path: Path
+) -> None:
+    argv = ner(command)
+    env = {
+        **service_env,
+        "NER_HOST": "0.0.0.0",
+        "NER_FLOWER_PASSWORD": "",
+        "NER_FLOWER_PORT": str(free_port()),
+        "NER_PORT": str(free_port()),
+        "NER_STATE_DIR": str(tmp_path / "state"),
+    }
+    done = subprocess.run(
+        argv, env={**os.environ, **env}, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "NER_FLOWER_PASSWORD" in done.stderr and "loopback" in done.stderr
+    assert "gateway on" not in done.stdout  # ner up started nothing
+
+
+def test_flower_on_loopback_or_with_a_password_is_allowed() -> None:
+    from shared.cli.main import flower_refusal
+    from shared.core.config import Settings
+
+    assert flower_refusal(Settings(host="127.0.0.1", flower_password=None)) is None
+    assert flower_refusal(Settings(host="::1", flower_password=None)) is None
+    assert flower_refusal(Settings(host="localhost", flower_password=None)) is None
+    assert flower_refusal(Settings(host="0.0.0.0", flower_password="s3cret")) is None
+    assert flower_refusal(Settings(host="0.0.0.0", flower_password=None)) is not None
+    assert flower_refusal(Settings(host="ner.example", flower_password=None)) is not None

@@ -46,9 +46,18 @@ def test_dockerfile_references_exist(path: str, tmp_path: Path) -> None:
         problems.append(f"{path}: the image runs as root (last USER is {user!r})")
 
     # torch must come from the PyTorch index before `pip install .`, which would otherwise pull
-    # whatever torch PyPI resolves "torch>=2.4" to.
+    # whatever torch PyPI resolves "torch>=2.4" to: pinned on the command line, or by the lock that
+    # is installed with the index as an extra one.
     runs = dockerfile.all("RUN")
-    torch_step = next((i for i, run in enumerate(runs) if "torch==" in run and "--index-url" in run), None)
+    torch_step = next(
+        (
+            i
+            for i, run in enumerate(runs)
+            if ("torch==" in run and "--index-url" in run)
+            or ("--extra-index-url" in run and "TORCH_INDEX_URL" in run and ".lock" in run)
+        ),
+        None,
+    )
     project_step = next(
         (i for i, run in enumerate(runs) if re.search(r"pip install [^&]*\.(\s|$)", run)), None
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from shared.core.db import make_engine
 from shared.core.tables import RunStatus
 from shared.keys import service as keys
 from shared.registry import service as registry
+from shared.registry.manifest import write_manifest
 from shared.training import service
 from tests.support.processes import ServiceProcess, start_gateway, start_worker, wait_until
 from tests.support.services import RedisServer, create_database, drop_database
@@ -417,12 +419,18 @@ def _publish(ui: UiStack, tiny_model_dir: Path, *, val_f1: float, promote: bool)
          "recall": 0.4 + e / 10, "f1": 0.45 + e / 10, "accuracy": 0.9 + e / 100}
         for e in (1, 2, 3)
     ]  # fmt: skip
+    # Activation requires a manifest whose hashes match (issue 19): links to the cached model's files
+    # in a folder of this version's own, with its manifest.
+    folder = Path(tempfile.mkdtemp(prefix="ner-ui-model-"))
+    for file in tiny_model_dir.iterdir():
+        (folder / file.name).symlink_to(file)
+    write_manifest(folder)
     with ui.session() as session:
         version = registry.next_version_number(session=session)
         registry.register_version(
             session=session,
             version=version,
-            path=str(tiny_model_dir),
+            path=str(folder),
             base_model=get_settings().base_model,
             data_hash="0" * 64,
             data_ref={"train": str(conll / "eng.train")},
@@ -473,12 +481,15 @@ def test_models_table_marks_the_active_version_and_rolls_back(
     # A key without the admin scope: the API's 403 is shown and nothing changes.
     page.fill("#api-key", ui.train_key)
     page.click("#key-form button[type=submit]")
+    # Saving a key reloads the list, which clears the error box: let that finish before activating.
+    page.wait_for_load_state("networkidle")
     older_row.locator("button[data-action=activate]").click()
     expect(page.locator("#models-error")).to_contain_text("403")
     assert ui.api("GET", "/models").json()["active"] == newer
     # With the admin key the roll-back happens.
     page.fill("#api-key", ui.admin_key)
     page.click("#key-form button[type=submit]")
+    page.wait_for_load_state("networkidle")
     older_row.locator("button[data-action=activate]").click()
     expect(page.locator("#models-table tbody tr[data-active=true]")).to_have_attribute(
         "data-version", str(older)

@@ -33,10 +33,12 @@ from shared.core.tables import (
     VersionStatus,
 )
 from shared.jobs import maintenance, processing
+from shared.jobs.cursors import encode_cursor
 from shared.jobs.lifecycle import utcnow
 from shared.jobs.processing import ChunkTask
 from shared.predict.engine import NerEngine
 from shared.registry import service as registry
+from shared.registry.manifest import write_manifest
 from tests.support.auth import settings_env
 from tests.support.processes import start_gateway
 from worker.runtime import WorkerRuntime
@@ -427,6 +429,23 @@ def test_bad_cursor_is_422(client: TestClient) -> None:
     job_id = submit(client, SENTENCES[:1])
     assert client.get(f"/jobs/{job_id}/results", params={"cursor": "garbage!"}).status_code == 422
     assert client.get("/jobs", params={"cursor": "WzFd"}).status_code == 422
+    # Well-formed JSON lists of the wrong types or range reached the database (500) before.
+    for values in [(True,), (1.5,), ("3",), (None,), (2**31,), (-5,), ([1],)]:
+        response = client.get(f"/jobs/{job_id}/results", params={"cursor": encode_cursor(*values)})
+        assert response.status_code == 422, (values, response.text)
+        assert "cursor" in response.json()["detail"]
+    good_id = str(uuid.uuid4())
+    for values in [
+        (True, good_id),
+        ("2026-01-01T00:00:00+00:00", True),
+        ("2026-01-01T00:00:00+00:00", "not-a-uuid"),
+        ("yesterday", good_id),
+        (1, 2),
+    ]:
+        response = client.get("/jobs", params={"cursor": encode_cursor(*values)})
+        assert response.status_code == 422, (values, response.text)
+    # A valid cursor still pages.
+    assert client.get(f"/jobs/{job_id}/results", params={"cursor": encode_cursor(0)}).status_code == 200
 
 
 def test_list_jobs_newest_first_with_filter_and_cursor(
@@ -468,10 +487,12 @@ def test_every_document_runs_on_the_version_pinned_at_submission(
     with session_scope() as session:
         first = (session.scalar(select(func.max(ModelVersion.version))) or 0) + 1
     versions = {
-        first: tiny_model_dir,
+        first: _relabelled_copy(tiny_model_dir, tmp_path / "v1", ""),
         first + 1: _relabelled_copy(tiny_model_dir, tmp_path / "v2", "2"),
         first + 2: _relabelled_copy(tiny_model_dir, tmp_path / "v3", "3"),
     }
+    for folder in versions.values():
+        write_manifest(folder)  # activation requires a manifest whose hashes match (issue 19)
     with session_scope() as session:
         session.add_all([ModelVersion(version=v, path=str(path)) for v, path in versions.items()])
         session.flush()

@@ -121,7 +121,8 @@ def test_ner_up_hook_prints_one_live_admin_key(
         keys_cli.prepare_local_stack(settings=get_settings(), env=env)
         first = capsys.readouterr().out.split()
         keys_cli.prepare_local_stack(settings=get_settings(), env=env)
-        second = capsys.readouterr().out.split()
+        printed = capsys.readouterr().out
+        second = printed.split()
     # The children's metrics folder, emptied for the new stack.
     assert env["PROMETHEUS_MULTIPROC_DIR"] == str(tmp_path / "metrics") and not stale.exists()
     first_key = next(word for word in first if word.startswith(keys.KEY_PREFIX))
@@ -134,6 +135,9 @@ def test_ner_up_hook_prints_one_live_admin_key(
             select(ApiKey.id).where(ApiKey.name == keys_cli.LOCAL_ADMIN_NAME, ApiKey.revoked_at.is_(None))
         ).all()
         assert len(names) == 1
+    # A ready-to-paste request with the live key, to this stack's /predict/.
+    curl = next(line.strip() for line in printed.splitlines() if line.strip().startswith("curl "))
+    assert f"X-API-Key: {second_key}" in curl and f":{get_settings().port}/predict/" in curl
 
 
 def test_ner_up_hook_makes_no_key_with_auth_off(service_env: dict[str, str], capsys) -> None:  # type: ignore[no-untyped-def]

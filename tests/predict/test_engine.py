@@ -6,6 +6,7 @@ import re
 import unicodedata
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -14,7 +15,7 @@ from transformers import AutoModelForTokenClassification, AutoTokenizer, pipelin
 
 from shared.core.config import get_settings
 from shared.predict import casing
-from shared.predict.engine import EngineOptions, ModelLoadError, NerEngine
+from shared.predict.engine import EngineOptions, ModelLoadError, NerEngine, words
 from shared.predict.engine.batching import group_by_length
 from shared.predict.engine.runtime import cpu_threads, pick_device
 from shared.predict.engine.spans import decode_entities
@@ -66,6 +67,75 @@ def test_entities_equal_the_transformers_pipeline_with_first_strategy(
         assert _spans(mine) == [(e["entity_group"], e["start"], e["end"]) for e in theirs], sentence
         assert [e.score for e in mine] == pytest.approx([float(e["score"]) for e in theirs], abs=1e-4)
         _assert_well_formed(sentence, mine)
+
+
+def _constant_model(tokenizer_dir: Path, label: str):  # type: ignore[no-untyped-def]
+    """The tiny checkpoint with a head answering ``label`` for every sub-token: decoding rules alone."""
+    model = AutoModelForTokenClassification.from_pretrained(tokenizer_dir)
+    with torch.no_grad():
+        model.classifier.weight.zero_()
+        model.classifier.bias.fill_(-5.0)
+        model.classifier.bias[model.config.label2id[label]] = 5.0
+    return model
+
+
+def test_where_the_service_is_deliberately_not_the_pipeline(tiny_model_dir: Path) -> None:
+    # Every sub-token says I-PER. The pipeline's "first" strategy then runs one person across the
+    # caller's line break (a dateline into the next sentence); the engine ends entities at line
+    # breaks, as the caller's text does.
+    model = _constant_model(tiny_model_dir, "I-PER")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    text = "LONDON 1996-08-30\nPhil Simmons"
+    reference = pipeline(
+        "token-classification", model=model, tokenizer=tokenizer, aggregation_strategy="first"
+    )
+    assert [(e["start"], e["end"]) for e in reference(text)] == [(0, len(text))]
+    engine = NerEngine(model, tokenizer, source="constant", options=EngineOptions())
+    [entities] = engine.predict([text])
+    assert [(e.word, e.entity_group) for e in entities] == [
+        ("LONDON 1996-08-30", "PER"),
+        ("Phil Simmons", "PER"),
+    ]
+
+
+def test_names_with_hyphens_and_apostrophes_are_one_entity_and_glued_punctuation_stays_out(
+    engine: NerEngine,
+) -> None:
+    # Word-level rules with chosen labels on the engine's own words and first sub-tokens; inside a
+    # name its hyphen or apostrophe carries the name's label, as training taught it.
+    text = "1. Jeremie Collomb-Patton (Paris, FRA) O'Neill\nAL-AIN , United Arab Emirates"
+    tagged = [
+        ("1", "O"), (".", "O"), ("Jeremie", "B-PER"), ("Collomb", "I-PER"), ("-", "I-PER"),
+        ("Patton", "I-PER"), ("(", "O"), ("Paris", "B-LOC"), (",", "O"), ("FRA", "B-LOC"), (")", "O"),
+        ("O", "B-PER"), ("'", "I-PER"), ("Neill", "I-PER"), ("AL", "B-LOC"), ("-", "I-LOC"),
+        ("AIN", "I-LOC"), (",", "O"), ("United", "B-LOC"), ("Arab", "I-LOC"), ("Emirates", "I-LOC"),
+    ]  # fmt: skip
+    [encoded] = engine._encode([text])
+    assert [text[start:end] for start, end in encoded.spans] == [word for word, _ in tagged]
+    label2id = {label: i for i, label in engine.id2label.items()}
+    probs = np.zeros((len(encoded.ids), len(engine.id2label)), dtype=np.float32)
+    for token, (_, tag) in zip(encoded.first, tagged, strict=True):
+        probs[token, label2id[tag]] = 1.0
+    entities = decode_entities(text, encoded.spans, encoded.first, probs, engine.id2label)
+    assert [(e.word, e.entity_group) for e in entities] == [
+        ("Jeremie Collomb-Patton", "PER"), ("Paris", "LOC"), ("FRA", "LOC"), ("O'Neill", "PER"),
+        ("AL-AIN", "LOC"), ("United Arab Emirates", "LOC"),
+    ]  # fmt: skip
+    _assert_well_formed(text, entities)
+
+
+def test_line_breaks_end_entities_and_an_inside_tag_after_o_starts_one(engine: NerEngine) -> None:
+    text = "Bonn\nGermany said Weah"
+    spans = words.split_words(text)
+    tags = ["B-LOC", "I-LOC", "O", "I-PER"]
+    label2id = {label: i for i, label in engine.id2label.items()}
+    probs = np.stack([np.eye(len(engine.id2label))[label2id[tag]] for tag in tags])
+    entities = decode_entities(text, spans, [0, 1, 2, 3], probs, engine.id2label)
+    assert [(e.word, e.entity_group) for e in entities] == [
+        ("Bonn", "LOC"),
+        ("Germany", "LOC"),
+        ("Weah", "PER"),
+    ]
 
 
 def test_batched_prediction_equals_one_text_at_a_time(engine: NerEngine) -> None:
@@ -211,7 +281,10 @@ def test_models_trained_with_the_case_feature_get_case_type_ids(tiny_model_dir: 
         ).logits.softmax(-1)[0]
         uncased = model(input_ids=encoding["input_ids"]).logits.softmax(-1)[0]
     assert not torch.allclose(cased, uncased, atol=1e-3)  # the ids do change the answer
-    expected = decode_entities(GOOGLE, encoding.word_ids(0), offsets, cased.numpy(), engine.id2label)
+    content = offsets[1:-1]  # without [CLS] and [SEP]
+    spans = words.split_words(GOOGLE)
+    first = words.first_tokens(spans, content)
+    expected = decode_entities(GOOGLE, spans, first, cased.numpy()[1:-1], engine.id2label)
     assert _spans(entities) == _spans(expected)
     assert [e.score for e in entities] == pytest.approx([e.score for e in expected], abs=1e-4)
 

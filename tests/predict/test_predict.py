@@ -25,6 +25,7 @@ from shared.core.db import reset_engine, session_scope
 from shared.core.tables import ModelVersion, VersionStatus
 from shared.predict.batcher import MicroBatcher
 from shared.registry import service as registry
+from shared.registry.manifest import write_manifest
 from trainer.conll import read_conll
 
 GOOGLE = "Google was founded by Larry Page and Sergey Brin in California."
@@ -231,6 +232,7 @@ def test_no_model_is_503_saying_how_to_get_one(service_env: dict[str, str]) -> N
 
 
 def _promote(version: int, path: Path, redis_url: str) -> None:
+    write_manifest(path)  # activation requires a manifest whose hashes match (issue 19)
     with session_scope() as session:
         session.add(ModelVersion(version=version, path=str(path), status=VersionStatus.candidate))
     with session_scope() as session:

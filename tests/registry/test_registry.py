@@ -91,18 +91,20 @@ def test_publish_writes_a_complete_folder_and_registers_the_next_version(
     validate_version_folder(folder)
 
 
-def test_gate_promotes_only_when_validation_f1_is_at_least_the_active_ones(
+def test_the_callers_own_validation_f1_never_promotes_over_an_active_version(
     db_session: Session, tmp_path: Path
 ) -> None:
+    for row in registry.list_versions(session=db_session):
+        row.status = VersionStatus.retired  # this test decides what is active
+    db_session.flush()
     first = publish(db_session, tmp_path, "a", 0.80)
-    assert gate.decide(session=db_session, candidate=first, policy="f1")[0]  # nothing active yet
+    assert gate.decide(session=db_session, candidate=first, policy="f1").promoted  # nothing active yet
     registry.activate(session=db_session, version=first.version)
-    worse = publish(db_session, tmp_path, "b", 0.79)
-    promoted, reason = gate.decide(session=db_session, candidate=worse, policy="f1")
-    assert not promoted and "0.7900 < 0.8000" in reason
-    equal = publish(db_session, tmp_path, "c", 0.80)
-    assert gate.decide(session=db_session, candidate=equal, policy="f1")[0]
-    assert not gate.decide(session=db_session, candidate=equal, policy="never")[0]
+    # Issue 12: F1 measured on a validation file the caller chose (one sentence) is no evidence.
+    perfect = publish(db_session, tmp_path, "b", 1.0)
+    decision = gate.decide(session=db_session, candidate=perfect, policy="f1")
+    assert decision.decision == "held" and "no gate set" in decision.reason
+    assert not gate.decide(session=db_session, candidate=perfect, policy="never").promoted
 
 
 def test_activation_checks_the_folder_and_keeps_the_active_version_on_error(

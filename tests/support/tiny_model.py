@@ -13,11 +13,13 @@ import random
 import shutil
 from pathlib import Path
 
+import datasets
 import torch
 from transformers import AutoModelForTokenClassification, AutoTokenizer
 
 from shared.core.config import bundled_base_model
 from trainer.conll import Sentence, read_conll
+from trainer.encoding import encode_split
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CACHE_ROOT = REPO_ROOT / ".ner" / "test-cache"
@@ -45,27 +47,25 @@ def _pick_sentences(conll_dir: Path) -> list[Sentence]:
 
 
 def _encode(tokenizer, sentences: list[Sentence]) -> list[dict[str, torch.Tensor]]:  # type: ignore[no-untyped-def]
-    """Batches with the label on each word's first sub-token and -100 elsewhere (the usual recipe)."""
+    """Batches labelled as every run labels them (``trainer.encoding``: the engine's words)."""
     label2id = {label: i for i, label in enumerate(LABELS)}
+    rows = datasets.Dataset.from_dict(
+        {"tokens": [s.tokens for s in sentences], "tags": [s.tags for s in sentences]}
+    )
+    encoded = encode_split(rows, tokenizer, label2id, max_length=96, case_feature=False)
+    pad = tokenizer.pad_token_id
     batches = []
-    for start in range(0, len(sentences), BATCH_SIZE):
-        chunk = sentences[start : start + BATCH_SIZE]
-        enc = tokenizer(
-            [s.tokens for s in chunk],
-            is_split_into_words=True,
-            truncation=True,
-            max_length=96,
-            padding=True,
-            return_tensors="pt",
-        )
-        labels = torch.full(enc["input_ids"].shape, -100, dtype=torch.long)
-        for row, sentence in enumerate(chunk):
-            previous = None
-            for col, word_id in enumerate(enc.word_ids(row)):
-                if word_id is not None and word_id != previous:
-                    labels[row, col] = label2id[sentence.tags[word_id]]
-                previous = word_id
-        batches.append({**enc, "labels": labels})
+    for start in range(0, len(encoded), BATCH_SIZE):
+        chunk = encoded[start : start + BATCH_SIZE]
+        width = max(len(ids) for ids in chunk["input_ids"])
+        input_ids = torch.full((len(chunk["input_ids"]), width), pad, dtype=torch.long)
+        attention = torch.zeros_like(input_ids)
+        labels = torch.full_like(input_ids, -100)
+        for row, (ids, row_labels) in enumerate(zip(chunk["input_ids"], chunk["labels"], strict=True)):
+            input_ids[row, : len(ids)] = torch.tensor(ids)
+            attention[row, : len(ids)] = 1
+            labels[row, : len(ids)] = torch.tensor(row_labels)
+        batches.append({"input_ids": input_ids, "attention_mask": attention, "labels": labels})
     return batches
 
 

@@ -13,7 +13,7 @@ import httpx
 import pytest
 import redis
 from fastapi.testclient import TestClient
-from sqlalchemy import delete, select, update
+from sqlalchemy import select, update
 
 from shared.core.config import get_settings
 from shared.core.db import session_scope
@@ -23,6 +23,7 @@ from shared.registry.manifest import write_manifest
 from tests.support.conll_subset import conll_subset
 from tests.support.model_folders import fake_model_folder
 from tests.support.processes import start_gateway, start_worker, wait_until
+from tests.support.registry import registry_restored
 
 
 @pytest.fixture(scope="module")
@@ -36,28 +37,8 @@ def client(service_env: dict[str, str]) -> Iterator[TestClient]:
 @pytest.fixture(scope="module", autouse=True)
 def restore_registry(service_env: dict[str, str]) -> Iterator[None]:
     """Leave the shared test database's registry and training queue as this module found them."""
-    with session_scope() as session:
-        before = set(session.scalars(select(ModelVersion.version)))
-        active = registry.get_active(session=session)
-        active_version = active.version if active else None
-    yield
-    with session_scope() as session:
-        session.execute(delete(ModelVersion).where(ModelVersion.version.not_in(before or {-1})))
-        session.execute(delete(TrainingRun))
-        session.flush()
-        if active_version is not None:
-            session.execute(
-                update(ModelVersion)
-                .where(ModelVersion.status == VersionStatus.active)
-                .values(status=VersionStatus.retired)
-            )
-            session.flush()
-            session.execute(
-                update(ModelVersion)
-                .where(ModelVersion.version == active_version)
-                .values(status=VersionStatus.active)
-            )
-    redis.Redis.from_url(service_env["NER_REDIS_URL"]).delete("training")
+    with registry_restored(service_env["NER_REDIS_URL"]):
+        yield
 
 
 @pytest.fixture(scope="module")

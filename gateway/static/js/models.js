@@ -35,11 +35,30 @@ function entityTypes(labels) {
   return [...new Set((labels || []).filter((l) => l !== "O").map((l) => l.replace(/^[BIES]-/, "")))].sort();
 }
 
+// The quality gate's decision (promoted, rejected, held) as a small badge whose title says why.
+function gateBadge(v) {
+  const gate = v.gate;
+  if (!gate) return null;
+  return el(
+    "span",
+    { class: `badge gate-${gate.decision}`, title: gate.reason || "", dataset: { gate: gate.decision } },
+    `gate: ${gate.decision}`,
+  );
+}
+
+// "0.871 (this) vs 0.874 (v3)": both scores the gate compared on the operator's gate set.
+function gateScores(gate) {
+  if (!gate?.candidate) return "–";
+  const ours = `${fmtScore(gate.candidate.f1)} (this)`;
+  return gate.active ? `${ours} vs ${fmtScore(gate.active.f1)} (v${gate.active.version})` : ours;
+}
+
 function versionRow(v) {
   const active = isActive(v);
   const current = activeVersion();
   const status = el("span", {});
   badge(status, v.status || (active ? "active" : ""));
+  const gate = gateBadge(v);
   let action = null;
   if (!active) {
     const rollBack = current !== null && v.version < current;
@@ -65,7 +84,7 @@ function versionRow(v) {
       onclick: () => openVersion(v.version),
     },
     el("td", {}, el("b", {}, `v${v.version}`), active ? el("span", { class: "active-marker", title: "active: answering /predict/ and new jobs" }, " ★ active") : null),
-    el("td", {}, status),
+    el("td", {}, status, gate ? " " : null, gate),
     el("td", {}, baseLabel(v)),
     el("td", {}, dataLabel(v)),
     el("td", {}, fmtDate(pick(v, "created_at"))),
@@ -121,21 +140,32 @@ export function scoreRows(report) {
     });
 }
 
-// The trainer stores {validation: {precision, recall, f1, per_type: {TYPE: {...}}}, test: {...}}.
+// The trainer stores {validation: {precision, recall, f1, per_type: {TYPE: {...}}}, test: {...}}
+// (the training loop's scores) and engine: {test: {sentences: report, documents: report}, ...}
+// (the same splits through the engine, as users get them); the gate adds its two scores.
 const SPLITS = ["test", "validation", "val"];
+const ENGINE_MODES = { sentences: "one sentence per text", documents: "whole documents" };
 
-function reportsOf(metrics) {
+function reportsOf(metrics, gate) {
   const out = {};
   for (const split of SPLITS) {
     const report = metrics?.[split];
     if (report && typeof report === "object" && report.per_type) out[split] = report;
   }
+  for (const split of SPLITS) {
+    for (const [mode, how] of Object.entries(ENGINE_MODES)) {
+      const report = metrics?.engine?.[split]?.[mode];
+      if (report?.per_type) out[`${split} through the engine, ${how}`] = report;
+    }
+  }
+  if (gate?.candidate) out["gate set: this version"] = gate.candidate;
+  if (gate?.active) out[`gate set: active version ${gate.active.version}`] = gate.active;
   if (!Object.keys(out).length && metrics?.per_type) out.overall = metrics;
   return out;
 }
 
-function renderPerType(metrics) {
-  const reports = reportsOf(metrics || {});
+function renderPerType(metrics, gate) {
+  const reports = reportsOf(metrics || {}, gate);
   const select = $("#model-types-split");
   const splits = Object.keys(reports);
   const previous = select.value;
@@ -184,6 +214,8 @@ export async function openVersion(version) {
       ["Activated", fmtDate(pick(detail, "activated_at"))],
       ["Validation F1", fmtScore(pick(detail, "val_f1", "validation_f1"))],
       ["Test F1", fmtScore(pick(detail, "test_f1"))],
+      ["Gate", detail.gate ? el("span", {}, gateBadge(detail), " ", detail.gate.reason) : "not judged"],
+      ["Gate F1", gateScores(detail.gate)],
       ["Entity types", entityTypes(pick(detail, "labels")).join(" ") || "–"],
       ["Training run", pick(detail, "training_run_id", "run_id") || "–"],
     ]);
@@ -192,7 +224,7 @@ export async function openVersion(version) {
       null,
       2,
     );
-    renderPerType(detail.metrics);
+    renderPerType(detail.metrics, detail.gate);
     showError(errorBox, null);
     const charts = $("#model-charts");
     charts.replaceChildren(el("span", { class: "muted" }, "loading the training curves…"));

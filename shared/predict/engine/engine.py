@@ -15,6 +15,7 @@ import torch
 from transformers import AutoModelForTokenClassification, AutoTokenizer
 
 from shared.predict import casing
+from shared.predict.engine import words
 from shared.predict.engine.batching import group_by_length
 from shared.predict.engine.errors import ModelLoadError
 from shared.predict.engine.runtime import configure_cpu_threads, pick_device, prepare_model
@@ -56,8 +57,8 @@ class EngineOptions:
 @dataclass
 class _Encoded:
     ids: list[int]
-    offsets: list[tuple[int, int]]
-    word_ids: list[int | None]
+    spans: list[tuple[int, int]]  # the text's words (words.split_words)
+    first: list[int | None]  # each word's first sub-token (words.first_tokens), as in training
     type_ids: list[int] | None  # case classes, for models trained with the case feature
 
     def window(self, start: int, end: int) -> _Slice:
@@ -105,7 +106,12 @@ class NerEngine:
         source = str(source)
         try:
             tokenizer = AutoTokenizer.from_pretrained(source)
-            model = AutoModelForTokenClassification.from_pretrained(source)
+            # safetensors only: a pickle checkpoint (pytorch_model.bin) runs code when loaded.
+            # fp32 whatever the files hold: the shipped default model is stored fp16 (half the size);
+            # CPU runs fp32 or int8, and CUDA halves it again in prepare_model.
+            model = AutoModelForTokenClassification.from_pretrained(
+                source, use_safetensors=True, dtype=torch.float32
+            )
         except Exception as exc:  # a bad folder fails in many ways (config, weights, tokenizer files)
             raise ModelLoadError(f"cannot load a token-classification model from {source!r}: {exc}") from exc
         engine = cls(model, tokenizer, source=source, options=options)
@@ -138,7 +144,7 @@ class NerEngine:
                 results.append([])
                 continue
             probs = np.concatenate(parts)
-            results.append(decode_entities(text, enc.word_ids, enc.offsets, probs, self.id2label))
+            results.append(decode_entities(text, enc.spans, enc.first, probs, self.id2label))
         return results
 
     def _encode(self, texts: Sequence[str]) -> list[_Encoded]:
@@ -157,7 +163,11 @@ class NerEngine:
         for i, text in enumerate(clean):
             offsets = batch["offset_mapping"][i]
             type_ids = casing.case_type_ids(text, offsets) if self.case_feature else None
-            encoded.append(_Encoded(batch["input_ids"][i], offsets, batch.word_ids(i), type_ids))
+            # Words by the engine's own definition, not the tokenizer's: the trainer aligned its labels
+            # with the same two calls, so the positions read here are the positions it trained.
+            spans = words.split_words(text)
+            first = words.first_tokens(spans, offsets)
+            encoded.append(_Encoded(batch["input_ids"][i], spans, first, type_ids))
         return encoded
 
     def _forward(self, windows: list[_Slice]) -> list[np.ndarray]:

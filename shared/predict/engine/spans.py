@@ -1,9 +1,11 @@
-"""Word-level decoding: sub-token probabilities to entity groups with offsets into the caller's text."""
+"""Word-level decoding: each word's first sub-token to entity groups with offsets into the caller's text."""
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -25,57 +27,85 @@ def _extend_over_marks(text: str, end: int) -> int:
     return end
 
 
+# A caller's line break ends a sentence, a headline or a dateline: no entity runs across one.
+_LINE_BREAK = re.compile("[\n\r\v\f\x85\u2028\u2029]")
+
+
 def decode_entities(
     text: str,
-    word_ids: Sequence[int | None],
-    offsets: Sequence[tuple[int, int]],
+    spans: Sequence[tuple[int, int]],
+    first: Sequence[int | None],
     probs: np.ndarray,
     id2label: Mapping[int, str],
     ignore: frozenset[str] = frozenset({"O"}),
 ) -> list[Entity]:
-    """Group words into entities; a word takes the label and score of its FIRST sub-token.
+    """Group words (``words.split_words``) into entities; a word takes the label of its FIRST sub-token.
 
-    ``probs`` holds one row of label probabilities per token. Groups follow the transformers
-    pipeline's ``aggregation_strategy="first"``: a B- tag or a change of type starts a new group,
-    a group's score is the mean of its words' scores.
+    ``first[w]`` is the row of ``probs`` that speaks for word ``w`` (``words.first_tokens``), the
+    position training labelled. IOB repair: a B- tag, a change of type, an O or a line break ends a
+    group, and an I- tag without a group starts one. A word without a sub-token of its own (glued by
+    the tokenizer to the word before) joins a group between two of its words, and letters glued onto
+    its end join it too: ``O'Neill`` and ``Collomb-Patton`` stay one name, the comma of ``Paris,``
+    stays outside. A group's score is the mean of its labelled words' scores.
     """
-    if len(word_ids) == 0:
+    if not spans:
         return []
     best = probs.argmax(axis=-1)
     best_scores = probs[np.arange(len(best)), best]
-    # words: [label, score, start, end], in text order
-    words: list[list] = []
-    previous: int | None = None
-    for index, word_id in enumerate(word_ids):
-        if word_id is None:
-            continue
-        start, end = offsets[index]
-        if word_id != previous:
-            words.append([id2label[int(best[index])], float(best_scores[index]), start, end])
-            previous = word_id
-        else:
-            words[-1][3] = max(words[-1][3], end)
     entities: list[Entity] = []
-    group: list[list] = []
-    for word in words:
-        if group:
-            bi, tag = split_tag(word[0])
-            if tag == split_tag(group[-1][0])[1] and bi != "B":
-                group.append(word)
+    group: _Group | None = None
+    for (start, end), token in zip(spans, first, strict=True):
+        if token is None:
+            # A glued word: inside the group if the group goes on after it, or up to the last
+            # letters glued onto the group's last word ("▁Collomb-Patton" as one piece); glued
+            # punctuation after them stays out ("▁Paris,").
+            if group is not None:
+                group.glued.append((start, end))
+            continue
+        label = id2label[int(best[token])]
+        bi, kind = split_tag(label)
+        outside = label in ignore or kind in ignore
+        if group is not None:
+            if (
+                not outside
+                and bi != "B"
+                and kind == group.kind
+                and not _LINE_BREAK.search(text, group.end, start)
+            ):
+                group.end = end
+                group.glued.clear()
+                group.scores.append(float(best_scores[token]))
                 continue
-            entities.extend(_close_group(text, group, ignore))
-        group = [word]
-    entities.extend(_close_group(text, group, ignore))
+            entities.append(group.entity(text))
+            group = None
+        if not outside:
+            group = _Group(kind, start, end, [float(best_scores[token])])
+    if group is not None:
+        entities.append(group.entity(text))
     return entities
 
 
-def _close_group(text: str, group: list[list], ignore: frozenset[str]) -> list[Entity]:
-    if not group:
-        return []
-    entity_group = split_tag(group[0][0])[1]
-    if entity_group in ignore or group[0][0] in ignore:
-        return []
-    start = group[0][2]
-    end = _extend_over_marks(text, group[-1][3])
-    score = float(np.mean([word[1] for word in group]))
-    return [Entity(word=text[start:end], entity_group=entity_group, score=score, start=start, end=end)]
+@dataclass
+class _Group:
+    kind: str
+    start: int
+    end: int
+    scores: list[float]
+    glued: list[tuple[int, int]] = field(default_factory=list)  # words after ``end`` without a sub-token
+
+    def entity(self, text: str) -> Entity:
+        end = reach = self.end
+        for start, glued_end in self.glued:  # up to the last letters of the glued run
+            if start != reach:
+                break
+            reach = glued_end
+            if glued_end - start > 1 or text[start].isalnum():
+                end = glued_end
+        end = _extend_over_marks(text, end)
+        return Entity(
+            word=text[self.start : end],
+            entity_group=self.kind,
+            score=float(np.mean(self.scores)),
+            start=self.start,
+            end=end,
+        )

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Regenerates the hash-locked requirements the Dockerfiles install with `pip install --require-hashes`:
+#   cpu.lock      deploy/Dockerfile       Python 3.11 (python:3.11-slim), x86_64, torch's CPU build
+#   cuda.lock     deploy/Dockerfile.cuda  Python 3.12 (Ubuntu 24.04), x86_64, without torch and the CUDA
+#                                         libraries (they come from the PyTorch CUDA index, see there)
+#   encoder.lock  both                    the offline base encoder, installed with --no-deps
+# Run it from anywhere after changing pyproject.toml's dependencies or a *.in file, with uv
+# (`pip install uv`); torch's CPU wheel is looked up on its own index:
+#   deploy/requirements/compile.sh            # keep the pins that still satisfy the constraints
+#   deploy/requirements/compile.sh --upgrade  # move every pin to the newest allowed release
+set -euo pipefail
+cd "$(dirname "$0")"
+UV="${UV:-uv}"
+TORCH_CPU_INDEX="${TORCH_CPU_INDEX-https://download.pytorch.org/whl/cpu}"
+common=(--generate-hashes --python-platform x86_64-manylinux_2_28 --custom-compile-command "deploy/requirements/compile.sh" "$@")
+
+# torch==2.13.0+cpu is only on the PyTorch index (or in a local wheel folder: FIND_LINKS=/path, and
+# TORCH_CPU_INDEX= where that index cannot be reached).
+cpu_sources=(--no-emit-index-url)
+if [ -n "$TORCH_CPU_INDEX" ]; then
+  cpu_sources+=(--extra-index-url "$TORCH_CPU_INDEX" --index-strategy unsafe-best-match)
+fi
+if [ -n "${FIND_LINKS:-}" ]; then
+  cpu_sources+=(--find-links "$FIND_LINKS" --no-emit-find-links)
+fi
+"$UV" pip compile ../../pyproject.toml cpu.in --python-version 3.11 "${common[@]}" "${cpu_sources[@]}" -o cpu.lock
+
+# The CUDA build of torch brings its own CUDA libraries and triton: none of PyPI's in this lock.
+"$UV" pip compile ../../pyproject.toml cuda.in --python-version 3.12 "${common[@]}" -o cuda.lock.tmp --quiet
+exclude=(--no-emit-package torch)
+for name in $(grep -oE '^(nvidia-[a-z0-9-]+|cuda-[a-z0-9-]+|triton)==' cuda.lock.tmp | tr -d '='); do
+  exclude+=(--no-emit-package "$name")
+done
+rm cuda.lock.tmp
+"$UV" pip compile ../../pyproject.toml cuda.in --python-version 3.12 "${common[@]}" "${exclude[@]}" -o cuda.lock
+
+"$UV" pip compile encoder.in --no-deps "${common[@]}" --python-version 3.11 -o encoder.lock
