@@ -6,11 +6,15 @@ from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import Depends, FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
 
+from gateway.deps import Principal, charge_characters
+from gateway.limits import KeyConcurrency
 from gateway.metrics import observe_batch_size
 from shared.core.config import Settings
 from shared.predict.batcher import MicroBatcher
 from shared.predict.errors import NotServedHere
+from shared.predict.limits import check_texts
 from shared.predict.schemas import Entity
 from shared.predict.serving import ModelProvider, ServedModel
 
@@ -62,3 +66,19 @@ def get_batcher(request: Request) -> Batcher:
 
 
 BatcherDep = Annotated[Batcher, Depends(get_batcher)]
+
+
+async def recognise(
+    texts: list[str],
+    *,
+    batcher: Batcher,
+    settings: Settings,
+    principal: Principal,
+    concurrency: KeyConcurrency,
+    field: str | None = None,
+) -> tuple[ServedModel, list[list[Entity]]]:
+    """What every predict-shaped route does: size checks, the key's character charge and slot, one batch."""
+    characters = check_texts(texts, settings=settings, field=field)
+    await run_in_threadpool(charge_characters, principal, settings, characters)
+    with concurrency.slot(principal.key_id):
+        return await batcher.submit(texts)

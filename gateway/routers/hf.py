@@ -10,13 +10,11 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends
-from fastapi.concurrency import run_in_threadpool
 
-from gateway.deps import Principal, SettingsDep, charge_characters, require_scope
-from gateway.prediction import BatcherDep
+from gateway.deps import Principal, SettingsDep, require_scope
+from gateway.prediction import BatcherDep, recognise
 from gateway.routers.predict import ConcurrencyDep
 from shared.interop import hf
-from shared.predict.limits import check_texts
 from shared.predict.schemas import Entity
 
 router = APIRouter(prefix="/hf", tags=["hugging face"])
@@ -39,10 +37,14 @@ async def _token_classification(
 ) -> list[Entity] | list[list[Entity]]:
     texts = body.texts()
     single = isinstance(body.inputs, str)
-    characters = check_texts(texts, settings=settings, field="inputs" if single else None)
-    await run_in_threadpool(charge_characters, principal, settings, characters)
-    with concurrency.slot(principal.key_id):
-        _served, results = await batcher.submit(texts)
+    _served, results = await recognise(
+        texts,
+        batcher=batcher,
+        settings=settings,
+        principal=principal,
+        concurrency=concurrency,
+        field="inputs" if single else None,
+    )
     return hf.answer(body, results)
 
 

@@ -9,15 +9,13 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
-from fastapi.concurrency import run_in_threadpool
 
-from gateway.deps import Principal, SessionDep, SettingsDep, charge_characters, require_scope
+from gateway.deps import Principal, SessionDep, SettingsDep, require_scope
 from gateway.limits import KeyConcurrency
-from gateway.prediction import BatcherDep
+from gateway.prediction import BatcherDep, recognise
 from gateway.routers.predict import ConcurrencyDep
 from shared.interop import kserve
 from shared.interop.errors import ModelNotFound
-from shared.predict.limits import check_texts
 from shared.registry import service as registry
 
 router = APIRouter(prefix="/v2", tags=["kserve v2"])
@@ -119,10 +117,9 @@ async def _infer(
     version: int | None,
 ) -> Response:
     call = kserve.parse_infer(await request.body(), request.headers.get(kserve.HEADER_LENGTH))
-    characters = check_texts(call.texts, settings=settings)
-    await run_in_threadpool(charge_characters, principal, settings, characters)
-    with concurrency.slot(principal.key_id):
-        served, results = await batcher.submit(call.texts)
+    served, results = await recognise(
+        call.texts, batcher=batcher, settings=settings, principal=principal, concurrency=concurrency
+    )
     if version is not None and served.version != version:
         # Checked on the version that actually answered: a hot swap between check and batch cannot lie.
         raise ModelNotFound(

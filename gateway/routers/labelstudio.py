@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Security
-from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
 
 from gateway.deps import (
@@ -18,15 +17,13 @@ from gateway.deps import (
     SessionDep,
     SettingsDep,
     authenticate,
-    charge_characters,
     require_scope,
 )
-from gateway.prediction import BatcherDep
+from gateway.prediction import BatcherDep, recognise
 from gateway.routers.predict import ConcurrencyDep
 from shared.core.logging import get_request_id
 from shared.core.redis import redis_client
 from shared.interop import labelstudio
-from shared.predict.limits import check_texts
 from shared.registry import service as registry
 
 basic_scheme = HTTPBasic(
@@ -100,10 +97,9 @@ async def predict(
     concurrency: ConcurrencyDep,
 ) -> dict[str, Any]:
     config, texts = labelstudio.task_texts(body)
-    characters = check_texts(texts, settings=settings)
-    await run_in_threadpool(charge_characters, principal, settings, characters)
-    with concurrency.slot(principal.key_id):
-        served, results = await batcher.submit(texts)
+    served, results = await recognise(
+        texts, batcher=batcher, settings=settings, principal=principal, concurrency=concurrency
+    )
     return {
         "results": [labelstudio.prediction(config, entities, served.version) for entities in results],
         "model_version": labelstudio.model_version_name(served.version),

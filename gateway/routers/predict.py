@@ -5,12 +5,10 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.concurrency import run_in_threadpool
 
-from gateway.deps import Principal, SettingsDep, charge_characters, require_scope
+from gateway.deps import Principal, SettingsDep, require_scope
 from gateway.limits import KeyConcurrency
-from gateway.prediction import BatcherDep
-from shared.predict.limits import check_texts
+from gateway.prediction import BatcherDep, recognise
 from shared.predict.schemas import (
     BatchPredictRequest,
     BatchPredictResponse,
@@ -48,10 +46,14 @@ async def predict(
     principal: PredictPrincipal,
     concurrency: ConcurrencyDep,
 ) -> PredictResponse:
-    characters = check_texts([body.text], settings=settings, field="text")
-    await run_in_threadpool(charge_characters, principal, settings, characters)
-    with concurrency.slot(principal.key_id):
-        served, results = await batcher.submit([body.text])
+    served, results = await recognise(
+        [body.text],
+        batcher=batcher,
+        settings=settings,
+        principal=principal,
+        concurrency=concurrency,
+        field="text",
+    )
     return PredictResponse(entities=results[0], model_version=served.version)
 
 
@@ -63,10 +65,9 @@ async def predict_batch(
     principal: PredictPrincipal,
     concurrency: ConcurrencyDep,
 ) -> BatchPredictResponse:
-    characters = check_texts(body.texts, settings=settings)
-    await run_in_threadpool(charge_characters, principal, settings, characters)
-    with concurrency.slot(principal.key_id):
-        served, results = await batcher.submit(body.texts)
+    served, results = await recognise(
+        body.texts, batcher=batcher, settings=settings, principal=principal, concurrency=concurrency
+    )
     return BatchPredictResponse(
         results=[TextEntities(entities=entities) for entities in results], model_version=served.version
     )
