@@ -10,10 +10,9 @@ import pytest
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from shared.core import migrate
 from shared.core.config import get_settings
 from shared.core.db import make_engine, reset_engine
-from tests.support.services import RedisServer, create_database, drop_database
+from tests.support.services import RedisServer, migrated_database
 
 TEST_ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 # Before anything imports torch: OpenMP threads that spin at barriers make small forward passes
@@ -27,10 +26,8 @@ os.environ.setdefault("NER_DEFAULT_MODEL", "none")
 @pytest.fixture(scope="session")
 def pg_url() -> Iterator[str]:
     """A fresh Postgres database, migrated to head, dropped after the session."""
-    url = create_database()
-    migrate.upgrade(url)
-    yield url
-    drop_database(url)
+    with migrated_database() as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -20,6 +20,7 @@ import datasets
 import pyarrow.compute as pc
 
 from shared.predict.engine.words import split_words
+from shared.registry.manifest import file_sha256
 from shared.training.errors import DataError
 from shared.training.references import SPLITS, DataSpec, resolve_local, split_files
 from trainer import formats
@@ -163,19 +164,11 @@ def _generate(paths: list[str], fingerprint: str) -> Iterator[dict[str, Any]]:
         yield from iter_file(Path(path))
 
 
-def file_hash(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def read_local(path: Path, *, cache_dir: Path | None) -> tuple[datasets.Dataset, str]:
     """One local file as a Dataset (Arrow on disk) and the sha256 of its content."""
     if next(iter_file(path), None) is None:
         raise DataError(f"{path}: no sentences found (empty dataset)")
-    content_hash = file_hash(path)
+    content_hash = file_sha256(path)
     fingerprint = hashlib.sha256(f"{READER_VERSION}:{path}:{content_hash}".encode()).hexdigest()[:32]
     try:
         dataset = datasets.Dataset.from_generator(

@@ -23,6 +23,7 @@ from transformers import PreTrainedTokenizerBase
 
 from shared.predict import casing
 from shared.predict.engine import words
+from shared.predict.engine.engine import tokenize_with_offsets
 from trainer.losses import IGNORE_INDEX
 
 # Bump when what an example holds changes, so cached encodings of older code are not reused.
@@ -125,15 +126,7 @@ class _Encoder:
             self.context = self.budget // 4
 
     def _tokenize(self, texts: list[str]) -> Any:
-        return self.tokenizer(
-            texts,
-            add_special_tokens=False,
-            return_offsets_mapping=True,
-            return_attention_mask=False,
-            return_token_type_ids=False,
-            truncation=False,
-            verbose=False,
-        )
+        return tokenize_with_offsets(self.tokenizer, texts)
 
     def document(self, sentences: list[SentenceWords], rng: random.Random | None) -> Iterator[dict[str, Any]]:
         """The examples of one document (sentences in order)."""

@@ -18,10 +18,11 @@ from typing import TYPE_CHECKING, Any, Literal
 from shared.core.config import Settings
 from shared.predict.schemas import Entity
 from shared.registry.gate import GateSet
+from shared.registry.manifest import file_sha256
 from shared.training.errors import DataError
 from shared.training.references import resolve_local, split_files
 from trainer.conll import Sentence, read_documents
-from trainer.data import file_hash, iter_file
+from trainer.data import iter_file
 from trainer.metrics import entity_scores, per_type_scores
 
 if TYPE_CHECKING:
@@ -260,7 +261,7 @@ def gate_set_from_settings(
         raise DataError(f"gate set {ref}: no sentences")
     quantize = options.quantize if options is not None else "none"
     digest = hashlib.sha256(
-        f"{file_hash(path)}:evaluation-{EVALUATION_VERSION}:engine-{engine_fingerprint()}:"
+        f"{file_sha256(path)}:evaluation-{EVALUATION_VERSION}:engine-{engine_fingerprint()}:"
         f"quantize-{quantize}".encode()
     ).hexdigest()
 

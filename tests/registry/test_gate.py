@@ -14,7 +14,6 @@ from safetensors.torch import load_file, save_file
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
-from shared.core import migrate
 from shared.core.config import Settings, get_settings
 from shared.core.db import make_engine
 from shared.core.tables import ModelVersion, VersionStatus
@@ -24,7 +23,7 @@ from shared.registry.manifest import validate_version_folder
 from shared.registry.publish import Candidate, publish_and_gate, publish_version
 from shared.registry.schemas import version_detail, version_view
 from tests.support.conll_subset import write_conll
-from tests.support.services import create_database, drop_database
+from tests.support.services import migrated_database
 from trainer import evaluation
 from trainer.conll import read_conll
 
@@ -217,12 +216,10 @@ def test_a_candidate_the_engine_cannot_load_is_rejected(
 
 @pytest.fixture
 def fresh_db() -> Iterator[Engine]:
-    url = create_database()
-    migrate.upgrade(url)
-    engine = make_engine(url)
-    yield engine
-    engine.dispose()
-    drop_database(url)
+    with migrated_database() as url:
+        engine = make_engine(url)
+        yield engine
+        engine.dispose()
 
 
 def test_the_default_model_becomes_active_version_1_of_an_empty_registry_once(

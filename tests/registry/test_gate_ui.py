@@ -11,13 +11,12 @@ import pytest
 from playwright.sync_api import expect, sync_playwright
 from sqlalchemy.orm import Session
 
-from shared.core import migrate
 from shared.core.db import make_engine
 from shared.registry import gate
 from shared.registry import service as registry
 from shared.registry.publish import Candidate, publish_version
 from tests.support.processes import start_gateway
-from tests.support.services import create_database, drop_database
+from tests.support.services import migrated_database
 
 pytestmark = pytest.mark.slow
 
@@ -34,10 +33,8 @@ def _score(f1: float, per: float, loc: float) -> dict:
 
 @pytest.fixture
 def registry_db() -> Iterator[str]:
-    url = create_database()
-    migrate.upgrade(url)
-    yield url
-    drop_database(url)
+    with migrated_database() as url:
+        yield url
 
 
 def test_models_tab_shows_the_gate_decision_and_both_scores(

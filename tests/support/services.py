@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import subprocess
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
 
 from shared.cli.embedded_redis import free_port, redis_answers, redis_executable
+from shared.core import migrate
 
 POSTGRES_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 
@@ -20,6 +23,17 @@ def create_database(admin_url: str = POSTGRES_ADMIN_URL) -> str:
     with psycopg.connect(admin_url, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     return admin_url.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://") + f"/{name}"
+
+
+@contextmanager
+def migrated_database() -> Iterator[str]:
+    """A fresh Postgres database migrated to head, dropped afterwards."""
+    url = create_database()
+    migrate.upgrade(url)
+    try:
+        yield url
+    finally:
+        drop_database(url)
 
 
 def drop_database(url: str, admin_url: str = POSTGRES_ADMIN_URL) -> None:

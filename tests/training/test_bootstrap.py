@@ -12,7 +12,6 @@ import redis
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.core import migrate
 from shared.core.config import Settings, get_settings
 from shared.core.db import make_engine
 from shared.core.tables import RunStatus, TrainingRun
@@ -22,18 +21,16 @@ from shared.registry import service as registry
 from shared.training.bootstrap import BOOTSTRAP_KEY, ensure_bootstrap_run, prepare_local_stack
 from shared.training.status import no_model_message
 from tests.support.conll_subset import conll_subset
-from tests.support.services import RedisServer, create_database, drop_database
+from tests.support.services import RedisServer, migrated_database
 
 
 @pytest.fixture(scope="module")
 def empty_db() -> Iterator[Engine]:
     """A database of its own: the registry must start empty, whatever other tests registered."""
-    url = create_database()
-    migrate.upgrade(url)
-    engine = make_engine(url)
-    yield engine
-    engine.dispose()
-    drop_database(url)
+    with migrated_database() as url:
+        engine = make_engine(url)
+        yield engine
+        engine.dispose()
 
 
 @pytest.fixture

@@ -150,15 +150,7 @@ class NerEngine:
     def _encode(self, texts: Sequence[str]) -> list[_Encoded]:
         clean = [_SURROGATES.sub("\ufffd", text) for text in texts]
         with self._tokenizer_lock:
-            batch = self.tokenizer(
-                clean,
-                add_special_tokens=False,
-                return_offsets_mapping=True,
-                return_attention_mask=False,
-                return_token_type_ids=False,
-                truncation=False,
-                verbose=False,  # long texts are windowed below, not truncated: no length warning
-            )
+            batch = tokenize_with_offsets(self.tokenizer, clean)
         encoded = []
         for i, text in enumerate(clean):
             offsets = batch["offset_mapping"][i]
@@ -198,6 +190,23 @@ class NerEngine:
             for row, index in enumerate(chunk):
                 out[index] = probs[row, len(prefix) : len(prefix) + len(windows[index].ids)]
         return out
+
+
+def tokenize_with_offsets(tokenizer, texts: Sequence[str]):  # type: ignore[no-untyped-def]
+    """Sub-tokens with character offsets, no special tokens, no truncation: how text is read.
+
+    The engine and the trainer (trainer.encoding) both read text through this call; long texts
+    are windowed afterwards, never truncated (hence no length warning).
+    """
+    return tokenizer(
+        list(texts),
+        add_special_tokens=False,
+        return_offsets_mapping=True,
+        return_attention_mask=False,
+        return_token_type_ids=False,
+        truncation=False,
+        verbose=False,
+    )
 
 
 def _special_tokens(tokenizer) -> tuple[list[int], list[int]]:  # type: ignore[no-untyped-def]
