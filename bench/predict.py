@@ -335,11 +335,12 @@ def start_reference(model: Path, omp_wait_policy: str | None) -> Server:
     return Server(name, argv, env, "/healthz")
 
 
-def start_gateway(model: Path, state: Path, quantize: str, extra: dict[str, str] | None = None) -> Server:
+def start_gateway(model: Path, state: Path, precision: str, extra: dict[str, str] | None = None) -> Server:
     env = {
         **(extra or {}),
         "NER_MODEL": str(model),
-        "NER_QUANTIZE": quantize,
+        "NER_PRECISION": precision,
+        "NER_QUANTIZE": "",  # unset: NER_PRECISION alone decides
         "NER_AUTH": "off",
         "NER_STATE_DIR": str(state),
         "NER_DATABASE_URL": "",  # the SQLite file in the state folder
@@ -347,13 +348,13 @@ def start_gateway(model: Path, state: Path, quantize: str, extra: dict[str, str]
     }
     subprocess.run(
         [sys.executable, "-m", "shared.cli", "db", "upgrade"],
-        env={**os.environ, **env},
+        env={key: value for key, value in {**os.environ, **env}.items() if value != ""},
         cwd=REPO,
         check=True,
         capture_output=True,
     )
     argv = [sys.executable, "-m", "shared.cli", "serve", "--port", "{port}"]
-    return Server(f"gateway-{quantize}", argv, env, "/readyz")
+    return Server(f"gateway-{precision}", argv, env, "/readyz")
 
 
 def run_load(
@@ -374,6 +375,54 @@ def run_load(
 # --- report ----------------------------------------------------------------------------------
 
 
+# The previous run's figures (2026-11-26, before issue 18: fp32 and int8 only), shown next to this run's.
+PREVIOUS = {
+    "date": "2026-11-26",
+    "engine": {"fp32": 351, "int8": 790},
+    "f1": {"fp32": 0.8139, "int8": 0.8022},
+    "reference": {1: (73.3, 13, 22), 32: (54.2, 569, 931)},
+    "gateway fp32": {1: (70.8, 13, 22), 32: (170.7, 188, 473)},
+    "gateway int8": {1: (93.8, 10, 16), 32: (280.6, 115, 187)},
+    "ceiling_share_fp32": 0.67,
+}
+
+
+def fp32_copy(model: Path, into: Path) -> Path:
+    """The model saved in fp32: the shipped folder is stored fp16, which ``pipeline`` (the reference)
+    would run in fp16 on CPU (2.4x slower); every server then starts from the same fp32 weights."""
+    import torch
+    from transformers import AutoModelForTokenClassification, AutoTokenizer
+
+    loaded = AutoModelForTokenClassification.from_pretrained(model, dtype=torch.float32)
+    loaded.save_pretrained(into)
+    AutoTokenizer.from_pretrained(model).save_pretrained(into)
+    return into
+
+
+def document_texts(conll_dir: Path, limit: int) -> list[str]:
+    """The first ``limit`` eng.testb documents, one text each (sentences joined by newlines)."""
+    from bench.quality import _read_documents
+
+    documents = _read_documents(conll_dir / "eng.testb")[:limit]
+    return ["\n".join(" ".join(tokens) for tokens in document) for document in documents]
+
+
+def measured_matmul_bf16_gflops(rounds: int = 5, seconds: float = 1.0) -> float:
+    """Best rate of a 1024x1024 bf16 matmul (AMX / AVX512-BF16 where the CPU has them)."""
+    import torch
+
+    a, b = torch.randn(1024, 1024).bfloat16(), torch.randn(1024, 1024).bfloat16()
+    torch.mm(a, b)
+    best = 0.0
+    for _ in range(rounds):
+        runs, started = 0, time.perf_counter()
+        while time.perf_counter() - started < seconds:
+            torch.mm(a, b)
+            runs += 1
+        best = max(best, runs * 2 * 1024**3 / (time.perf_counter() - started) / 1e9)
+    return best
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, help="a token-classification folder; default: train one")
@@ -381,58 +430,78 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--learning-rate", type=float, default=3e-4)
     parser.add_argument("--engine-sentences", type=int, default=1000)
+    parser.add_argument("--documents", type=int, default=60, help="eng.testb documents for docs/s")
     parser.add_argument("--f1-sentences", type=int, default=0, help="eng.testb sentences for F1; 0: all")
+    parser.add_argument("--precisions", default="fp32,bf16,int8")
     parser.add_argument("--clients", default="1,8,32")
     parser.add_argument("--duration", type=float, default=15.0, help="measured seconds per load level")
     parser.add_argument("--warmup", type=float, default=3.0)
+    parser.add_argument("--omp-passive", action="store_true", help="also the reference with OMP passive")
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
     args = parser.parse_args(argv)
     conll_dir = get_settings().conll_dir
     levels = [int(c) for c in args.clients.split(",")]
+    precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
 
-    if args.model:
-        model_dir, model_note = args.model, f"`{args.model}` (given)"
-    else:
-        recipe = TrainRecipe(
-            sentences=args.train_sentences, epochs=args.epochs, learning_rate=args.learning_rate
-        )
-        print(f"training the bench model ({recipe}) ...", flush=True)
-        model_dir, seconds = train_model(recipe, conll_dir)
-        model_note = (
-            f"the bundled MiniLM-L6 (uncased, 22M parameters) fine-tuned by this script for {recipe.epochs} "
-            f"epochs on the first {recipe.sentences:,} sentences of eng.train (lr {recipe.learning_rate}, "
-            f"batch {recipe.batch_size}; {seconds:.0f} s of training, cached) - a short training, not the "
-            "trainer's full run"
-        )
-
-    test = read_conll(conll_dir / "eng.testb")
-    texts = [" ".join(s.tokens) for s in test]
-    engine_texts = texts[: args.engine_sentences]
-
-    print("raw engine ...", flush=True)
-    fp32 = NerEngine.load(model_dir, EngineOptions(quantize="none"))
-    int8 = NerEngine.load(model_dir, EngineOptions(quantize="int8"))
-    rate_fp32, rate_int8 = engine_rate(fp32, engine_texts), engine_rate(int8, engine_texts)
-    tokens = statistics.mean(len(fp32.tokenizer(t)["input_ids"]) for t in engine_texts)
-    flops = flops_per_sentence(fp32.model.config, tokens)
-    peak, peak_how = fp32_peak_gflops(fp32.threads or 1)
-    matmul = measured_matmul_gflops()
-    print(f"  fp32 {rate_fp32:.1f} sent/s, int8 {rate_int8:.1f} sent/s, peak {peak:.0f} GFLOP/s", flush=True)
-
-    print("F1 on eng.testb ...", flush=True)
-    f1_test = test[: args.f1_sentences] if args.f1_sentences else test
-    f1_fp32, f1_int8 = conll_f1(fp32, f1_test), conll_f1(int8, f1_test)
-    del fp32, int8
-
-    print("HTTP load ...", flush=True)
-    loads: dict[str, dict[int, LoadResult]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-predict-") as state:
-        for name, start in (
-            ("reference", lambda: start_reference(model_dir, None)),
-            ("reference, OMP passive", lambda: start_reference(model_dir, "PASSIVE")),
-            ("gateway fp32", lambda: start_gateway(model_dir, Path(state) / "fp32", "none")),
-            ("gateway int8", lambda: start_gateway(model_dir, Path(state) / "int8", "int8")),
-        ):
+        if args.model:
+            model_dir = fp32_copy(args.model, Path(state) / "model")
+            model_note = f"`{args.model}` (given; saved as fp32 for every server)"
+        else:
+            recipe = TrainRecipe(
+                sentences=args.train_sentences, epochs=args.epochs, learning_rate=args.learning_rate
+            )
+            print(f"training the bench model ({recipe}) ...", flush=True)
+            model_dir, seconds = train_model(recipe, conll_dir)
+            model_note = (
+                f"the bundled MiniLM-L6 (uncased, 22M parameters) fine-tuned by this script for "
+                f"{recipe.epochs} epochs on the first {recipe.sentences:,} sentences of eng.train (lr "
+                f"{recipe.learning_rate}, batch {recipe.batch_size}; {seconds:.0f} s of training, cached) "
+                "- a short training, not the trainer's full run"
+            )
+
+        test = read_conll(conll_dir / "eng.testb")
+        texts = [" ".join(s.tokens) for s in test]
+        engine_texts = texts[: args.engine_sentences]
+        documents = document_texts(conll_dir, args.documents)
+        f1_test = test[: args.f1_sentences] if args.f1_sentences else test
+
+        engines: dict[str, dict[str, float]] = {}
+        tokens = flops = 0.0
+        threads = 1
+        for precision in precisions:
+            print(f"raw engine {precision} ...", flush=True)
+            engine = NerEngine.load(model_dir, EngineOptions(device="cpu", precision=precision))
+            threads = engine.threads or 1
+            if not tokens:
+                tokens = statistics.mean(len(engine.tokenizer(t)["input_ids"]) for t in engine_texts)
+                flops = flops_per_sentence(engine.model.config, tokens)
+            doc_rate = engine_rate(engine, documents)
+            doc_tokens = sum(len(engine.tokenizer(t)["input_ids"]) for t in documents)
+            engines[precision] = {
+                "sentences_per_s": engine_rate(engine, engine_texts),
+                "documents_per_s": doc_rate,
+                "tokens_per_s": doc_rate * doc_tokens / len(documents),
+                "f1": conll_f1(engine, f1_test),
+            }
+            print(f"  {engines[precision]}", flush=True)
+            del engine
+        peak, peak_how = fp32_peak_gflops(threads)
+        matmul, matmul_bf16 = measured_matmul_gflops(), measured_matmul_bf16_gflops()
+
+        print("HTTP load ...", flush=True)
+        loads: dict[str, dict[int, LoadResult]] = {}
+        servers = [("reference", lambda: start_reference(model_dir, None))]
+        if args.omp_passive:
+            servers.append(("reference, OMP passive", lambda: start_reference(model_dir, "PASSIVE")))
+        for precision in precisions:
+            servers.append(
+                (
+                    f"gateway {precision}",
+                    lambda p=precision: start_gateway(model_dir, Path(state) / p, p),
+                )
+            )
+        for name, start in servers:
             server = start()
             try:
                 loads[name] = run_load(server, texts, levels, args.warmup, args.duration)
@@ -443,89 +512,144 @@ def main(argv: list[str] | None = None) -> int:
         model_note=model_note,
         levels=levels,
         loads=loads,
-        engine=(rate_fp32, rate_int8, len(engine_texts), tokens, flops, peak, peak_how, matmul),
-        f1=(f1_fp32, f1_int8, len(f1_test)),
+        engines=engines,
+        ceiling=(len(engine_texts), tokens, flops, peak, peak_how, matmul, matmul_bf16),
+        n_test=len(f1_test),
+        n_documents=len(documents),
         duration=args.duration,
     )
     print(markdown)
     if not args.no_write:
         from bench.report import write_section
 
-        write_section("predict", markdown, command="make bench-predict")
+        given = sys.argv[1:] if argv is None else argv
+        command = "make bench-predict" if not given else "python -m bench.predict " + " ".join(given)
+        write_section("predict", markdown, command=command)
     return 0
 
 
 def render(
-    *, model_note: str, levels: list[int], loads: dict, engine: tuple, f1: tuple, duration: float
+    *,
+    model_note: str,
+    levels: list[int],
+    loads: dict,
+    engines: dict[str, dict[str, float]],
+    ceiling: tuple,
+    n_test: int,
+    n_documents: int,
+    duration: float,
 ) -> str:
-    rate_fp32, rate_int8, n_engine, tokens, flops, peak, peak_how, matmul = engine
-    f1_fp32, f1_int8, n_test = f1
+    n_engine, tokens, flops, peak, peak_how, matmul, matmul_bf16 = ceiling
     ref = loads["reference"]
+    top, one = max(levels), min(levels)
     lines = [
         f"Model: {model_note}. Texts: CoNLL-2003 eng.testb sentences (mean {tokens:.1f} tokens with "
         f"[CLS]/[SEP]). Each load level runs {duration:.0f} s after a warm-up; clients send one request "
         "after another; the servers ran one after the other on the same cores, with the load "
-        "generator on the same machine.",
+        "generator on the same machine. `gateway <precision>` is `ner serve` with `NER_PRECISION` set "
+        "(auth off, as the reference has none).",
         "",
         "### HTTP: gateway vs the reference (`pipeline(...)` per request)",
         "",
-        "`reference` runs as the prototype did (OpenMP defaults); `reference, OMP passive` adds "
-        "`OMP_WAIT_POLICY=PASSIVE`, which the engine sets for itself, so against it only the serving "
-        "design (micro-batching, one model call at a time) differs. Ratios are against `reference`.",
+        "`reference` runs as the prototype did (a transformers `pipeline` per request, OpenMP defaults). "
+        "Ratios are against `reference`; *of raw engine* is the gateway's requests/s over the raw "
+        "engine's sentences/s at the same precision (one sentence per request).",
         "",
-        "| server | clients | req/s | p50 ms | p99 ms | errors | req/s vs reference |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| server | clients | req/s | p50 ms | p99 ms | errors | req/s vs reference | of raw engine |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name, results in loads.items():
+        precision = name.removeprefix("gateway ")
+        raw = engines.get(precision, {}).get("sentences_per_s") if name.startswith("gateway") else None
         for clients in levels:
             r = results[clients]
             ratio = r.rps / ref[clients].rps if ref[clients].rps else float("nan")
+            share = f"{r.rps / raw:.0%}" if raw else "-"
             lines.append(
                 f"| {name} | {clients} | {r.rps:.1f} | {r.percentile(50):.0f} | {r.percentile(99):.0f} | "
-                f"{r.errors} | {ratio:.2f}x |"
+                f"{r.errors} | {ratio:.2f}x | {share} |"
             )
-    top = max(levels)
     lines += [
         "",
-        "Against the issue's goals (32 clients: 3x the reference with p99 < 1 s, 6x with int8; "
-        "1 client: p50 no worse than the reference):",
+        f"Against the issue's goals ({top} clients: at least 75% of the raw engine's sentences/s at the same "
+        "precision, at least 4x the reference at fp32, p99 under 300 ms; 1 client: p50 at most the "
+        "reference's):",
         "",
     ]
-    for name in ("gateway fp32", "gateway int8"):
-        r, one = loads[name][top], loads[name][min(levels)]
+    for name, results in loads.items():
+        if not name.startswith("gateway"):
+            continue
+        raw = engines[name.removeprefix("gateway ")]["sentences_per_s"]
+        r, single = results[top], results[one]
         lines.append(
-            f"- {name}: {r.rps / ref[top].rps:.2f}x at {top} clients, p99 {r.percentile(99):.0f} ms; "
-            f"p50 at {min(levels)} client {one.percentile(50):.0f} ms vs the reference's "
-            f"{ref[min(levels)].percentile(50):.0f} ms (OMP passive: "
-            f"{loads['reference, OMP passive'][min(levels)].percentile(50):.0f} ms)"
+            f"- {name}: {r.rps / raw:.0%} of the raw engine ({r.rps:.0f} req/s vs {raw:.0f} sentences/s), "
+            f"{r.rps / ref[top].rps:.2f}x the reference at {top} clients, p99 {r.percentile(99):.0f} ms; "
+            f"p50 at {one} client {single.percentile(50):.0f} ms vs the reference's "
+            f"{ref[one].percentile(50):.0f} ms"
         )
-    achieved = rate_fp32 * flops / 1e9
-    ceiling = max(peak, matmul)
+    fp32 = engines.get("fp32", {})
+    cmax = max(peak, matmul)
     lines += [
         "",
-        "### Raw engine (one `predict` call over the sentences: length-grouped passes of up to 32)",
+        "### Raw engine (one `predict` call: length-grouped passes of up to 32), F1, whole documents",
         "",
-        f"| precision | sentences/s | GFLOP/s achieved | share of the ceiling ({ceiling:.0f} GFLOP/s = "
-        f"{ceiling * 1e9 / flops:.0f} sentences/s) |",
-        "| --- | ---: | ---: | ---: |",
-        f"| fp32 | {rate_fp32:.0f} | {achieved:.1f} | {achieved / ceiling:.0%} |",
-        f"| int8 (dynamic) | {rate_int8:.0f} | {rate_int8 * flops / 1e9:.1f} (fp32-equivalent) | "
-        f"{rate_int8 * flops / 1e9 / ceiling:.0%} (int8 beats the fp32 ceiling) |",
+        f"Sentences: the first {n_engine:,} eng.testb sentences per call, best of two calls. Documents: the "
+        f"first {n_documents} eng.testb documents (one text each, sentences joined by newlines), best of "
+        f"two calls; tokens/s counts sub-tokens with [CLS]/[SEP]. F1: entity-level (seqeval) on the first "
+        f"{n_test:,} eng.testb sentences, one sentence per text (`bench.quality` scores every sentence "
+        "and whole documents).",
+        "",
+        f"| precision | sentences/s | vs fp32 | share of the fp32 ceiling ({cmax:.0f} GFLOP/s) | "
+        "documents/s | tokens/s | F1 | F1 change vs fp32 |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for precision, e in engines.items():
+        speed = e["sentences_per_s"] / fp32["sentences_per_s"] if fp32 else float("nan")
+        change = (e["f1"] - fp32["f1"]) * 100 if fp32 else float("nan")
+        lines.append(
+            f"| {precision} | {e['sentences_per_s']:.0f} | {speed:.2f}x | "
+            f"{e['sentences_per_s'] * flops / 1e9 / cmax:.0%} | {e['documents_per_s']:.2f} | "
+            f"{e['tokens_per_s']:.0f} | {e['f1']:.4f} | {change:+.2f} points |"
+        )
+    lines += [
         "",
         f"Ceiling: {flops / 1e6:.0f} MFLOP per sentence; fp32 peak = {peak_how} = {peak:.0f} GFLOP/s, i.e. "
         f"{peak * 1e9 / flops:.0f} sentences/s; a 1024x1024 fp32 matmul ran at {matmul:.0f} GFLOP/s here "
-        f"({matmul * 1e9 / flops:.0f} sentences/s; best of 5 one-second rounds). The ceiling is the higher "
-        f"of the two: the cores boost above the clock /proc/cpuinfo reports. {n_engine:,} sentences per "
-        "pass, best of two passes. The machine is shared with other work, so rates vary between runs.",
+        f"({matmul * 1e9 / flops:.0f} sentences/s; best of 5 one-second rounds), a bf16 one at "
+        f"{matmul_bf16:.0f} GFLOP/s ({matmul_bf16 * 1e9 / flops:.0f} sentences/s). The fp32 ceiling is the "
+        "higher of the first two; bf16 and int8 shares are of the same fp32 ceiling (fp32-equivalent "
+        "FLOPs), so they can pass 100%.",
         "",
-        "### int8 dynamic quantization (`NER_QUANTIZE=int8`)",
+        f"### Next to the previous run ({PREVIOUS['date']}, before issue 18)",
         "",
-        "| | fp32 | int8 | change |",
-        "| --- | ---: | ---: | ---: |",
-        f"| engine sentences/s | {rate_fp32:.0f} | {rate_int8:.0f} | {rate_int8 / rate_fp32:.2f}x |",
-        f"| entity F1, eng.testb ({n_test:,} sentences) | {f1_fp32:.4f} | {f1_int8:.4f} | "
-        f"{(f1_int8 - f1_fp32) * 100:+.2f} points |",
+        "| figure | previous | this run |",
+        "| --- | ---: | ---: |",
     ]
+    for precision in ("fp32", "int8"):
+        if precision in engines:
+            lines.append(
+                f"| raw engine {precision}, sentences/s | {PREVIOUS['engine'][precision]} | "
+                f"{engines[precision]['sentences_per_s']:.0f} |"
+            )
+            lines.append(
+                f"| F1 {precision} (sentences) | {PREVIOUS['f1'][precision]:.4f} (another model) | "
+                f"{engines[precision]['f1']:.4f} |"
+            )
+    if fp32:
+        share = fp32["sentences_per_s"] * flops / 1e9 / cmax
+        lines.append(
+            f"| raw engine fp32, share of the ceiling | {PREVIOUS['ceiling_share_fp32']:.0%} | {share:.0%} |"
+        )
+    for name in ("reference", "gateway fp32", "gateway int8"):
+        if name in loads:
+            for clients in (one, top):
+                if clients in PREVIOUS[name] and clients in loads[name]:
+                    rps, p50, p99 = PREVIOUS[name][clients]
+                    r = loads[name][clients]
+                    lines.append(
+                        f"| {name}, {clients} clients: req/s, p50, p99 ms | {rps:.1f}, {p50}, {p99} | "
+                        f"{r.rps:.1f}, {r.percentile(50):.0f}, {r.percentile(99):.0f} |"
+                    )
     return "\n".join(lines)
 
 

@@ -13,6 +13,10 @@ from gateway.guard import BodyGuardMiddleware
 from gateway.middleware import RequestContextMiddleware
 from gateway.openapi import document_errors
 from gateway.routers import docs, health, hf, jobs, kserve, labelstudio, metrics, models, predict, train, ui
+from gateway.routers import job_versions as job_versions_router
+from gateway.routers import keys as keys_router
+from gateway.routers import redact as redact_router
+from gateway.routers import shadow as shadow_router
 from shared.core.config import get_settings
 from shared.core.logging import configure_logging
 from shared.registry import seed
@@ -41,9 +45,13 @@ def create_app() -> FastAPI:
     )
     app.include_router(health.router)
     app.include_router(predict.router)
+    app.include_router(redact_router.router)  # POST /redact: the text with its entities replaced
     app.include_router(jobs.router)
+    app.include_router(job_versions_router.router)  # POST /jobs/{id}/rerun, GET /jobs/{a}/diff/{b}
     app.include_router(train.router)
     app.include_router(models.router)
+    app.include_router(shadow_router.router)  # /models/{v}/shadow: shadow traffic
+    app.include_router(keys_router.router)  # GET /keys/me: the calling key's name and scopes
     app.include_router(metrics.router)
     app.include_router(hf.router)  # the Hugging Face Inference API shape
     app.include_router(kserve.router)  # Open Inference Protocol (KServe V2)

@@ -8,11 +8,10 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-import redis
 from prometheus_client import Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
 
-from shared.core.celery_app import INFERENCE_QUEUE, TRAINING_QUEUE
+from shared.core.celery_app import INFERENCE_QUEUE, SHADOW_QUEUE, TRAINING_QUEUE, celery_app, queue_depths
 from shared.core.metrics import multiprocess_enabled
 from shared.core.redis import redis_client
 
@@ -57,10 +56,23 @@ def gateway_metrics() -> GatewayMetrics:
     )
 
 
+# The labelled children of the two request metrics, per (method, route template, status): looking a
+# child up by keyword labels costs more than the increment itself on every request; the set of keys
+# is small (route templates, not paths), so this stays small too.
+_request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+
 def observe_request(*, method: str, route: str, status: int, seconds: float) -> None:
-    metrics = gateway_metrics()
-    metrics.requests.labels(method=method, route=route, status=str(status)).inc()
-    metrics.latency.labels(method=method, route=route, status=str(status)).observe(seconds)
+    key = (method, route, status)
+    children = _request_children.get(key)
+    if children is None:
+        metrics = gateway_metrics()
+        labels = (method, route, str(status))
+        children = _request_children.setdefault(
+            key, (metrics.requests.labels(*labels), metrics.latency.labels(*labels))
+        )
+    children[0].inc()
+    children[1].observe(seconds)
 
 
 def observe_batch_size(size: int) -> None:
@@ -69,29 +81,43 @@ def observe_batch_size(size: int) -> None:
 
 
 class QueueDepthCollector:
-    """``ner_queue_depth{queue}``: messages waiting in each Celery queue (Redis LLEN at scrape time)."""
+    """``ner_queue_depth{queue}``: messages waiting in each Celery queue, read at scrape time.
 
-    def __init__(self, redis_url: str, queues: Iterable[str] = (INFERENCE_QUEUE, TRAINING_QUEUE)) -> None:
-        self.redis_url = redis_url
+    Redis: LLEN of each queue's priority lists, one pipelined round trip; RabbitMQ: the ready count
+    of a passive declare (``shared.core.celery_app.queue_depths``).
+    """
+
+    def __init__(
+        self, broker_url: str, queues: Iterable[str] = (INFERENCE_QUEUE, TRAINING_QUEUE, SHADOW_QUEUE)
+    ) -> None:
+        self.broker_url = broker_url
         self.queues = tuple(queues)
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
         family = GaugeMetricFamily("ner_queue_depth", "Tasks waiting in a Celery queue", labels=["queue"])
         try:
-            pipe = redis_client(self.redis_url).pipeline(transaction=False)
-            for queue in self.queues:
-                for step in _PRIORITY_STEPS:
-                    pipe.llen(queue if step == 0 else f"{queue}{_PRIORITY_SEP}{step}")
-            lengths = pipe.execute()
-        except (redis.RedisError, OSError) as exc:
-            # No sample rather than a wrong zero; the scrape itself still succeeds.
-            logger.warning("queue depth not measured, Redis unavailable: %s", type(exc).__name__)
+            depths = self._redis_depths() if self.broker_url.startswith("redis") else self._amqp_depths()
+        except Exception as exc:
+            logger.warning("queue depth not measured, broker unavailable: %s", type(exc).__name__)
             yield family
             return
-        per_queue = len(_PRIORITY_STEPS)
-        for index, queue in enumerate(self.queues):
-            family.add_metric([queue], sum(lengths[index * per_queue : (index + 1) * per_queue]))
+        for queue in self.queues:
+            family.add_metric([queue], depths[queue])
         yield family
+
+    def _redis_depths(self) -> dict[str, int]:
+        pipe = redis_client(self.broker_url).pipeline(transaction=False)
+        for queue in self.queues:
+            for step in _PRIORITY_STEPS:
+                pipe.llen(queue if step == 0 else f"{queue}{_PRIORITY_SEP}{step}")
+        lengths = pipe.execute()
+        per_queue = len(_PRIORITY_STEPS)
+        return {
+            queue: sum(lengths[i * per_queue : (i + 1) * per_queue]) for i, queue in enumerate(self.queues)
+        }
+
+    def _amqp_depths(self) -> dict[str, int]:
+        return queue_depths(celery_app, self.queues)
 
 
 class ModelInfoCollector:

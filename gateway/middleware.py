@@ -31,6 +31,7 @@ SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
 }
+_RAW_SECURITY_HEADERS = [(name.lower().encode(), value.encode()) for name, value in SECURITY_HEADERS.items()]
 # A caller's id is kept only when it is short and plain (it lands in logs, headers and a
 # String(100) column); anything else is replaced by a fresh one.
 _VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:@+=-]{1,100}")
@@ -84,8 +85,9 @@ class RequestContextMiddleware:
                 status_code = message["status"]
                 headers = MutableHeaders(scope=message)
                 headers[REQUEST_ID_HEADER] = request_id
-                for name, value in SECURITY_HEADERS.items():
-                    headers.setdefault(name, value)
+                # One pass over the response's own headers instead of a search per security header.
+                present = {name for name, _ in headers.raw}
+                headers.raw.extend(item for item in _RAW_SECURITY_HEADERS if item[0] not in present)
             await send(message)
 
         try:
@@ -99,21 +101,22 @@ class RequestContextMiddleware:
             elapsed = time.perf_counter() - started
             route = _route_label(scope)
             observe_request(method=scope["method"], route=route, status=status_code, seconds=elapsed)
-            principal = scope.get("state", {}).get("principal")
-            access_logger.info(
-                "%s %s %s",
-                scope["method"],
-                scope.get("path", ""),
-                status_code,
-                extra={
-                    "method": scope["method"],
-                    "path": scope.get("path", ""),
-                    "route": route,
-                    "status": status_code,
-                    "duration_ms": round(elapsed * 1000, 2),
-                    "key": getattr(principal, "prefix", None),
-                },
-            )
+            if access_logger.isEnabledFor(logging.INFO):  # no record built where nobody reads it
+                principal = scope.get("state", {}).get("principal")
+                access_logger.info(
+                    "%s %s %s",
+                    scope["method"],
+                    scope.get("path", ""),
+                    status_code,
+                    extra={
+                        "method": scope["method"],
+                        "path": scope.get("path", ""),
+                        "route": route,
+                        "status": status_code,
+                        "duration_ms": round(elapsed * 1000, 2),
+                        "key": getattr(principal, "prefix", None),
+                    },
+                )
             request_id_var.reset(token)
 
 
@@ -127,7 +130,7 @@ async def _internal_error(send: Send, request_id: str) -> None:
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),
                 (REQUEST_ID_HEADER.lower().encode(), request_id.encode()),
-                *((name.lower().encode(), value.encode()) for name, value in SECURITY_HEADERS.items()),
+                *_RAW_SECURITY_HEADERS,
             ],
         }
     )

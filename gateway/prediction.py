@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+from collections.abc import Callable, Sequence
 from typing import Annotated
 
 from fastapi import Depends, FastAPI, Request
@@ -15,10 +16,23 @@ from shared.core.config import Settings
 from shared.predict.batcher import MicroBatcher
 from shared.predict.errors import NotServedHere
 from shared.predict.limits import check_texts
+from shared.predict.options import OutputOptions, check_labels, check_types, entity_types
 from shared.predict.schemas import Entity
 from shared.predict.serving import ModelProvider, ServedModel
+from shared.shadow import sampler as shadow_sampler
 
-Batcher = MicroBatcher[ServedModel, list[Entity]]
+
+class Batcher(MicroBatcher[ServedModel, list[Entity]]):
+    """The micro-batcher in front of the served models; requests merge per model version."""
+
+    def __init__(self, provider: ModelProvider, settings: Settings) -> None:
+        super().__init__(
+            predict_with(provider),
+            max_batch_size=settings.batch_max_size,
+            max_wait_ms=settings.batch_max_wait_ms,
+            on_batch=observe_batch_size,
+        )
+        self.provider = provider
 
 
 def predict_with(provider: ModelProvider) -> Callable[[list[str]], tuple[ServedModel, list[list[Entity]]]]:
@@ -38,12 +52,7 @@ def start(app: FastAPI, settings: Settings) -> None:
         return
     provider = ModelProvider(settings)
     provider.start()
-    batcher: Batcher = MicroBatcher(
-        predict_with(provider),
-        max_batch_size=settings.batch_max_size,
-        max_wait_ms=settings.batch_max_wait_ms,
-        on_batch=observe_batch_size,
-    )
+    batcher = Batcher(provider, settings)
     batcher.start()
     app.state.model_provider = provider
     app.state.batcher = batcher
@@ -55,7 +64,8 @@ async def stop(app: FastAPI) -> None:
         app.state.model_provider.stop()
 
 
-def get_batcher(request: Request) -> Batcher:
+async def get_batcher(request: Request) -> Batcher:
+    # async: FastAPI runs a plain ``def`` dependency in a worker thread, a hop per request for nothing.
     batcher = request.app.state.batcher
     if batcher is None:
         raise NotServedHere(
@@ -68,6 +78,18 @@ def get_batcher(request: Request) -> Batcher:
 BatcherDep = Annotated[Batcher, Depends(get_batcher)]
 
 
+async def choose_model(provider: ModelProvider, model_version: int | None) -> ServedModel:
+    """The model that answers: the pinned registry version (loaded in the background if needed,
+    404 when it does not exist), else the active one. Awaiting a load never blocks other requests."""
+    if model_version is None:
+        return provider.active()
+    served = provider.loaded(model_version)
+    if served is not None:
+        return served
+    loading = await run_in_threadpool(provider.load_version, model_version)  # a database look-up
+    return await asyncio.wrap_future(loading)
+
+
 async def recognise(
     texts: list[str],
     *,
@@ -76,9 +98,34 @@ async def recognise(
     principal: Principal,
     concurrency: KeyConcurrency,
     field: str | None = None,
+    model_version: int | None = None,
+    options: OutputOptions | None = None,
+    types: Sequence[str] | None = None,
 ) -> tuple[ServedModel, list[list[Entity]]]:
-    """What every predict-shaped route does: size checks, the key's character charge and slot, one batch."""
+    """What every predict-shaped route does: size checks, the key's character charge and slot, the
+    model (``model_version`` or the active one, whose types ``options`` and ``types`` must name),
+    one batch.
+
+    The entities are the model's, unfiltered, at codepoint offsets: routes apply ``options``.
+    """
     characters = check_texts(texts, settings=settings, field=field)
-    await run_in_threadpool(charge_characters, principal, settings, characters)
+    if principal.key_id is not None and characters >= settings.rate_limit_chars_per_token:
+        # A Redis call, off the loop; most requests owe nothing beyond their admission token.
+        await run_in_threadpool(charge_characters, principal, settings, characters)
+    served = await choose_model(batcher.provider, model_version)
+    if options is not None or types is not None:
+        known = entity_types(served.engine.labels)
+        if options is not None:
+            check_labels(options, known=known)
+        if types is not None:
+            check_types("types", types, allowed=known)
     with concurrency.slot(principal.key_id):
-        return await batcher.submit(texts)
+        answered = await batcher.submit(texts, key=served.key, predict=_answer_with(served))
+    # Shadow traffic (issue 15): live texts of the active version only; non-blocking, never raises.
+    shadow_sampler.offer(texts, answered[0].version if model_version is None else None)
+    return answered
+
+
+def _answer_with(served: ServedModel) -> Callable[[list[str]], tuple[ServedModel, list[list[Entity]]]]:
+    """The batch function of one chosen model: the request is answered by the model it was checked against."""
+    return lambda texts: (served, served.engine.predict(texts))

@@ -21,6 +21,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # Tests start from an empty registry unless they seed it: no shipped model as version 1 (in-process
 # and in every child process); tests of the shipped model set NER_DEFAULT_MODEL themselves.
 os.environ.setdefault("NER_DEFAULT_MODEL", "none")
+# Likewise NER_MODEL stays outside the registry (as before issue 20) unless a test imports it.
+os.environ.setdefault("NER_MODEL_IMPORT", "false")
 
 
 @pytest.fixture(scope="session")

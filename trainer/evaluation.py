@@ -250,7 +250,8 @@ def gate_set_from_settings(
     """The gate set the registry judges candidates on, scored through the engine; None when there is none.
 
     Its hash covers the file's content, how texts are built and mapped, the engine's code and the
-    precision users get (``NER_QUANTIZE``), so a cached score is only reused for the same measurement.
+    precision users get (``NER_PRECISION``, resolved on this machine), so a cached score is only
+    reused for the same measurement.
     """
     found = gate_file(settings)
     if found is None:
@@ -259,10 +260,12 @@ def gate_set_from_settings(
     sentences = gate_sentences(path)
     if not sentences:
         raise DataError(f"gate set {ref}: no sentences")
-    quantize = options.quantize if options is not None else "none"
+    from shared.predict.engine import EngineOptions
+
+    precision = (options or EngineOptions()).resolved_precision()
     digest = hashlib.sha256(
         f"{file_sha256(path)}:evaluation-{EVALUATION_VERSION}:engine-{engine_fingerprint()}:"
-        f"quantize-{quantize}".encode()
+        f"precision-{precision}".encode()
     ).hexdigest()
 
     def score(model_dir: str) -> dict[str, Any]:

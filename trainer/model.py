@@ -17,8 +17,10 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from shared.core.config import get_settings
 from shared.predict import casing
 from shared.training.errors import DataError
+from shared.training.references import HubModelRef, ModelInfo, check_hub_base_model
 from trainer.data import LoadedData, first_origin_of
 
 log = logging.getLogger(__name__)
@@ -39,10 +41,25 @@ class StartingPoint:
     case_feature: bool
 
 
-def load_base_config(base_model: str) -> PretrainedConfig:
+def hub_source(base_model: str, *, model_info: ModelInfo | None = None) -> tuple[str, dict[str, str]]:
+    """Where from_pretrained reads the base model, and its pinned revision ("owner/name@<sha>").
+
+    A pinned Hub model other than the operator's NER_BASE_MODEL is checked against
+    NER_BASE_MODEL_MAX_BYTES here, from the Hub's file listing, before anything is downloaded.
+    """
+    ref = HubModelRef.parse(base_model)
+    if ref is None:
+        return base_model, {}
+    settings = get_settings()
+    if base_model != settings.base_model:
+        check_hub_base_model(ref, max_bytes=settings.base_model_max_bytes, model_info=model_info)
+    return ref.repo_id, {"revision": ref.revision}
+
+
+def load_base_config(base_model: str, **source: str) -> PretrainedConfig:
     """The base model's config; an unknown name fails here, before anything heavy is loaded."""
     try:
-        return AutoConfig.from_pretrained(base_model)
+        return AutoConfig.from_pretrained(base_model, **source)
     except (OSError, ValueError, KeyError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise BaseModelError(
@@ -105,19 +122,23 @@ def _enable_case_feature(model: PreTrainedModel) -> bool:
     return True
 
 
-def load_starting_point(base_model: str, data: LoadedData, *, case_feature: bool) -> StartingPoint:
+def load_starting_point(
+    base_model: str, data: LoadedData, *, case_feature: bool, model_info: ModelInfo | None = None
+) -> StartingPoint:
     """Tokenizer and model for a run; every check that can fail does so before training starts."""
-    config = load_base_config(base_model)
+    name, source = hub_source(base_model, model_info=model_info)
+    config = load_base_config(name, **source)
     labels, continuing = check_labels(base_model, config, data)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(base_model)
+        tokenizer = AutoTokenizer.from_pretrained(name, **source)
     except (OSError, ValueError) as exc:
         raise BaseModelError(f"base model {base_model!r}: its tokenizer cannot be loaded ({exc})") from None
     if not tokenizer.is_fast:
         raise BaseModelError(f"base model {base_model!r}: needs a fast tokenizer (word ids for labels)")
     id2label = dict(enumerate(labels))
     model = AutoModelForTokenClassification.from_pretrained(
-        base_model,
+        name,
+        **source,
         dtype=torch.float32,  # a base stored in fp16 (the shipped default model) trains in fp32
         num_labels=len(labels),
         id2label=id2label,

@@ -9,6 +9,7 @@ the run back on restart.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 import threading
@@ -25,11 +26,14 @@ from sqlalchemy.orm import Session
 from shared.core.config import Settings
 from shared.core.db import session_scope
 from shared.core.tables import ApiKey, ModelVersion, RunStatus, TrainingRun
+from shared.registry import service as registry
+from shared.registry.gate import GateSet
 from shared.registry.publish import publish_and_gate
 from shared.training import service
 from shared.training.errors import DataError
 from shared.training.params import TrainParams
 from shared.training.references import DataSpec
+from shared.training.uploads import fetch_uploads
 
 log = logging.getLogger(__name__)
 
@@ -189,8 +193,12 @@ def _train_and_publish(
     from trainer.pipeline import run_pipeline
 
     params = TrainParams.from_dict(params_dict)
+    spec = DataSpec.parse(data_ref)
+    with _session() as session:
+        # Uploads received by a gateway on another host come through the artifact store.
+        fetch_uploads(session=session, settings=settings, spec=spec)
     data, result = run_pipeline(
-        spec=DataSpec.parse(data_ref),
+        spec=spec,
         params=params,
         base_model=base_model,
         roots=service.allowed_roots(settings),
@@ -216,6 +224,8 @@ def _train_and_publish(
     except DataError as exc:  # the operator's gate data is unusable: nothing is promoted automatically
         log.error("no gate set: %s", exc)
         gate_set = None
+    if gate_set is not None:
+        gate_set = _scored_from_cache(gate_set, settings)
     with _session() as session:
         if service.cancel_requested(session=session, run_id=run_id) or _key_revoked(session, run_id):
             # Cancelled, or its key revoked, while the engine scored it: nothing is published.
@@ -230,6 +240,7 @@ def _train_and_publish(
             gate_set=gate_set,
             type_margin=settings.gate_type_margin,
             default_base_model=settings.base_model,
+            settings=settings,
         )
         service.finish(
             session=session,
@@ -243,6 +254,17 @@ def _train_and_publish(
             },
         )  # fmt: skip
     return RunStatus.succeeded
+
+
+def _scored_from_cache(gate_set: GateSet, settings: Settings) -> GateSet:
+    """The gate scores model folders; a version in the artifact store is scored from this node's
+    verified copy (the candidate is already there: publishing cached it)."""
+    score = gate_set.score
+
+    def local_score(path: str):  # type: ignore[no-untyped-def]
+        return score(registry.verify_folder(path=path, settings=settings))
+
+    return dataclasses.replace(gate_set, score=local_score)
 
 
 def requeue_orphaned_runs(*, settings: Settings) -> list[uuid.UUID]:

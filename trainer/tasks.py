@@ -1,4 +1,5 @@
-"""The Celery task ``ner.train.run`` on the ``training`` queue: a thin entry over ``trainer.runs``.
+"""The Celery tasks of the ``training`` queue: ``ner.train.run`` (a thin entry over ``trainer.runs``) and
+``ner.registry.score_import`` (gate scores of a version imported through the API).
 
 ``acks_late`` is right here because ``execute_run`` is safe to run twice (see ``trainer.runs``).
 """
@@ -14,6 +15,9 @@ from sqlalchemy.exc import OperationalError
 
 from shared.core.celery_app import TRAINING_QUEUE, celery_app
 from shared.core.config import Settings, get_settings
+from shared.core.db import get_sessionmaker
+from shared.registry import importer
+from shared.registry import service as registry
 from shared.training import service
 from trainer.runs import LEASE_TTL_S, execute_run, requeue_orphaned_runs
 
@@ -34,6 +38,23 @@ def train_run(self, run_id: str) -> str | None:  # type: ignore[no-untyped-def]
     """Train one run (see the module docstring for why running it twice is safe)."""
     status = execute_run(run_id=uuid.UUID(run_id), settings=get_settings())
     return status.value if status else None
+
+
+@celery_app.task(name=importer.SCORE_TASK, acks_late=True, time_limit=1800, soft_time_limit=1740)
+def score_import(version: int) -> str | None:
+    """Gate scores of a version imported through the API (held; acks_late: scoring twice is harmless)."""
+    from trainer.evaluation import gate_set_from_settings  # the engine: only once there is work
+
+    settings = get_settings()
+    gate_set = gate_set_from_settings(settings)
+    if gate_set is None:  # no gate set configured: nothing to score on
+        return None
+    with get_sessionmaker()() as session:
+        row = registry.get_version(session=session, version=version)
+        if row is None:
+            return None
+        source = (row.data_ref or {}).get("imported_from", f"version {version}")
+        return importer.score_on_gate(session=session, row=row, gate_set=gate_set, source=source).decision
 
 
 def _watch_for_orphans(settings: Settings) -> None:

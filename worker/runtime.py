@@ -9,11 +9,15 @@ killed worker's unacknowledged message does not matter.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import logging
+import os
 import threading
 import time
 import uuid
 
+from celery import signals
 from sqlalchemy import update
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -119,6 +123,7 @@ class WorkerRuntime:
     """The model provider and supervisor of one worker process."""
 
     def __init__(self, settings: Settings) -> None:
+        bound_shape_caches()  # before this process's first forward pass (the solo pool too)
         self.settings = settings
         self.provider = ModelProvider(settings)
         self.supervisor = Supervisor(settings)
@@ -168,10 +173,43 @@ def runtime() -> WorkerRuntime:
         return _runtime
 
 
+# --- memory (issue 21: pool children grew 226 -> 737 MB in a 4-minute soak) ----------------------
+# One engine, 150 predict calls of mixed sizes (1-500 texts, some paragraphs), RSS from 530 MB:
+# +677 MB as it was; the same with MALLOC_ARENA_MAX=2 (not glibc arenas); +596 with malloc_trim after
+# each call; +413 with oneDNN's primitive cache capped at 8 (it keeps a primitive, with its scratch
+# memory, for each of up to 1024 input shapes, and every padded batch width is a new shape); +269
+# with both, as set here. Padding batch widths to multiples of 16 in the engine took it to +229,
+# +128 with the cap (and flat). NER_WORKER_MAX_MEMORY_MB replaces a child that still grows.
+ONEDNN_CACHE_ENV = "ONEDNN_PRIMITIVE_CACHE_CAPACITY"
+ONEDNN_CACHE_CAPACITY = "8"
+
+
+def bound_shape_caches() -> None:
+    """Cap oneDNN's primitive cache before the first forward pass (an operator's value is kept)."""
+    os.environ.setdefault(ONEDNN_CACHE_ENV, ONEDNN_CACHE_CAPACITY)
+
+
+def trim_heap() -> None:
+    """Return freed heap pages to the kernel (glibc keeps them otherwise); a no-op without glibc."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+@signals.task_postrun.connect
+def _after_task(sender: object = None, **_: object) -> None:
+    # After every task of this process (a chunk, a shadow comparison): its tensors are freed by now.
+    if getattr(sender, "name", "").startswith(("ner.jobs.process_chunk", "ner.shadow.")):
+        trim_heap()
+
+
 def init_process(index: int | None = None) -> None:
     """After fork: fresh database connections, a GPU of its own, the model, the supervisor."""
     from shared.predict.engine.runtime import pick_process_gpu  # torch: in the pool process only
 
+    bound_shape_caches()
     reset_engine()  # connections inherited from the parent must not be shared
     pick_process_gpu(index)
     runtime().preload()
+    # Follow the registry from here on: a newly activated version is fetched from the artifact
+    # store and loaded in the background, so the first chunk pinned to it does not wait for that.
+    runtime().provider.start()

@@ -1,4 +1,4 @@
-"""Celery tasks of the inference queue: job chunks, and the periodic purge of expired jobs."""
+"""Celery tasks of the inference queue: job chunks, job completion callbacks, and the periodic purge."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from shared.core.celery_app import INFERENCE_QUEUE, celery_app
 from shared.core.config import get_settings
 from shared.core.db import session_scope
 from shared.core.metrics import instrument_chunk_task
-from shared.jobs import maintenance, processing
+from shared.jobs import callbacks, maintenance, processing
 from worker import runtime
 
 log = logging.getLogger(__name__)
@@ -103,6 +103,23 @@ def _release_lost_chunk(
             )
     except Exception as exc:  # the watchdog still re-sends it once its heartbeat is stale
         log.warning("chunk %s/%s: could not release it after its process died (%s)", job_id, index, exc)
+
+
+@celery_app.task(
+    name="ner.jobs.send_callback",
+    bind=True,
+    acks_late=True,  # an attempt is claimed in the database: a re-delivered message finds it made
+    max_retries=None,  # bounded by NER_CALLBACK_RETRY_FOR_S, which the attempt itself checks
+    # One HTTP attempt (NER_CALLBACK_TIMEOUT_S is at most 60) and two short transactions.
+    soft_time_limit=90,
+    time_limit=120,
+)
+def send_callback(self: Task, job_id: str) -> str:
+    """Make a finished job's next callback attempt; retried later (countdown) while it fails."""
+    outcome = callbacks.attempt(job_id=uuid.UUID(job_id), settings=get_settings())
+    if outcome.retry_in is not None:
+        raise self.retry(countdown=outcome.retry_in)
+    return outcome.state
 
 
 @celery_app.task(name="ner.jobs.purge_expired", acks_late=True)

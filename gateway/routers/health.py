@@ -9,6 +9,7 @@ from fastapi import APIRouter, Request, Response, status
 from sqlalchemy import text
 
 from gateway.deps import SessionDep, SettingsDep, authenticate, presented_key
+from shared.core.celery_app import celery_app
 from shared.core.config import Settings
 from shared.core.errors import ServiceError
 
@@ -34,6 +35,16 @@ def _is_admin(request: Request, settings: Settings) -> bool:
         return False
 
 
+def _amqp_check() -> str:
+    """``ok`` when the RabbitMQ broker accepts a connection within a second."""
+    try:
+        with celery_app.connection_for_read() as connection:
+            connection.ensure_connection(max_retries=1, timeout=1)
+        return "ok"
+    except Exception as exc:
+        return f"error: {type(exc).__name__}"
+
+
 @router.get(
     "/readyz",
     summary="Model loaded, database and broker reachable",
@@ -48,11 +59,15 @@ def readyz(
         checks["database"] = "ok"
     except Exception as exc:  # any driver error means not ready; say which
         checks["database"] = f"error: {type(exc).__name__}"
+    # Redis: rate limits and notifications (and the broker, unless NER_BROKER_URL names RabbitMQ).
+    redis_check = "redis" if settings.celery_broker_url != settings.redis_url else "broker"
     try:
         redis.Redis.from_url(settings.redis_url, socket_connect_timeout=1, socket_timeout=1).ping()
-        checks["broker"] = "ok"
+        checks[redis_check] = "ok"
     except (redis.RedisError, OSError) as exc:
-        checks["broker"] = f"error: {type(exc).__name__}"
+        checks[redis_check] = f"error: {type(exc).__name__}"
+    if redis_check == "redis":
+        checks["broker"] = _amqp_check()
     provider = getattr(request.app.state, "model_provider", None)
     if provider is not None:
         checks["model"] = provider.status()
@@ -66,6 +81,9 @@ def readyz(
     answer: dict[str, Any] = {"status": "ready" if ready else "not ready"}
     if _is_admin(request, settings):
         answer["checks"] = checks  # the model's state can name folders and loader errors
+        if provider is not None and (served := provider.describe()) is not None:
+            # Version, device and the precision it runs in (not the folder: /models names it).
+            answer["model"] = {key: value for key, value in served.items() if key != "ref"}
     else:
         answer["failing"] = [name for name, value in checks.items() if value != "ok"]
     return answer

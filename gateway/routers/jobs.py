@@ -2,24 +2,22 @@
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import StreamingResponse
 from starlette.datastructures import UploadFile
 
 from gateway.deps import Principal, SessionDep, SettingsDep, require_scope
+from gateway.streaming import NDJSON, ndjson_response
 from shared.core.config import Settings
-from shared.core.db import get_sessionmaker
 from shared.core.logging import get_request_id
 from shared.core.tables import JobStatus
-from shared.jobs import results, service
-from shared.jobs.dispatch import dispatch_job
+from shared.jobs import callbacks, lifecycle, results, service
+from shared.jobs.dispatch import dispatch_job, send_callback
 from shared.jobs.errors import InvalidSubmission, SubmissionTooLarge, UnsupportedMediaType
-from shared.jobs.ingest import detect_format, parse_json_submission, parse_retention, parse_upload
+from shared.jobs.ingest import detect_format, parse_json_job, parse_retention, parse_upload
+from shared.jobs.options import form_values
 from shared.jobs.schemas import (
     EntityCounts,
     JobAccepted,
@@ -53,6 +51,15 @@ _UPLOAD_DOC = {
                         },
                         "format": {"type": "string", "enum": ["jsonl", "csv", "tsv", "text"]},
                         "retention_days": {"type": "integer", "minimum": 1, "maximum": 3650},
+                        "offset_encoding": {"type": "string", "enum": ["codepoint", "utf16", "utf8"]},
+                        "labels": {"type": "string", "description": "PER,ORG or a JSON array"},
+                        "exclude_labels": {"type": "string", "description": "PER,ORG or a JSON array"},
+                        "min_score": {"type": "string", "description": '0.5 or a JSON object {"PER": 0.6}'},
+                        "redact": {
+                            "type": "string",
+                            "description": 'mask, type, hash, or {"mode": "type", "types": ["PER"]}',
+                        },
+                        "callback_url": {"type": "string", "description": "Called when the job ends"},
                     },
                 }
             },
@@ -125,17 +132,22 @@ async def submit_job(
                 service.create_job,
                 documents=documents,
                 retention_days=parse_retention(form.get("retention_days")),
+                options=form_values(form),
                 **create,
             )
     elif content_type.startswith("application/json") or not content_type:
         raw = await _read_json_body(request, settings)
         # A large body is parsed in a worker thread: the event loop keeps answering meanwhile.
         if len(raw) > JSON_ON_LOOP_MAX_BYTES:
-            documents_in, retention_days = await run_in_threadpool(parse_json_submission, raw)
+            parsed = await run_in_threadpool(parse_json_job, raw)
         else:
-            documents_in, retention_days = parse_json_submission(raw)
+            parsed = parse_json_job(raw)
         job, created = await run_in_threadpool(
-            service.create_job, documents=documents_in, retention_days=retention_days, **create
+            service.create_job,
+            documents=parsed.documents,
+            retention_days=parsed.retention_days,
+            options=parsed.options,
+            **create,
         )
     else:
         raise UnsupportedMediaType("send application/json or a multipart/form-data file upload")
@@ -166,26 +178,15 @@ def list_jobs(
 
 @router.get("/{job_id}", response_model=JobView, responses=_NOT_FOUND, summary="A job's status and progress")
 def get_job(job_id: str, session: SessionDep, principal: JobsPrincipal) -> JobView:
-    return job_view(service.get_job(session=session, job_id=job_id, owner=principal.owner))
-
-
-def _ndjson(job_id: Any) -> Iterator[bytes]:
-    # A session of its own: the request's session is closed before a streamed body is sent.
-    with get_sessionmaker()() as session:
-        lines: list[str] = []
-        for item in results.iter_results(session=session, job_id=job_id):
-            lines.append(json.dumps(item, ensure_ascii=False))
-            if len(lines) >= 500:
-                yield ("\n".join(lines) + "\n").encode()
-                lines = []
-        if lines:
-            yield ("\n".join(lines) + "\n").encode()
+    job = service.get_job(session=session, job_id=job_id, owner=principal.owner)
+    return job_view(job, callback=callbacks.callback_view(session=session, job=job))
 
 
 @router.get(
     "/{job_id}/results",
     response_model=ResultPage,
-    responses={**_NOT_FOUND, 200: {"content": {"application/x-ndjson": {}}}},
+    response_model_exclude_unset=True,  # text and redacted_text only where they apply
+    responses={**_NOT_FOUND, 200: {"content": {NDJSON: {}}}},
     summary="Processed documents in order (keyset pages), or all of them as NDJSON",
 )
 def get_results(
@@ -195,11 +196,16 @@ def get_results(
     cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     format: Annotated[Literal["json", "ndjson"], Query(description="ndjson: stream every result")] = "json",
+    include_text: Annotated[bool, Query(description="Return each document's text with its result")] = False,
 ) -> Any:
     job = service.get_job(session=session, job_id=job_id, owner=principal.owner)
     if format == "ndjson":
-        return StreamingResponse(_ndjson(job.id), media_type="application/x-ndjson")
-    items, next_cursor = results.list_results(session=session, job_id=job.id, cursor=cursor, limit=limit)
+        return ndjson_response(
+            lambda session: results.iter_results(session=session, job_id=job.id, include_text=include_text)
+        )
+    items, next_cursor = results.list_results(
+        session=session, job_id=job.id, cursor=cursor, limit=limit, include_text=include_text
+    )
     return ResultPage.model_validate({"items": items, "next_cursor": next_cursor})
 
 
@@ -230,4 +236,6 @@ def get_entities(
 )
 def cancel_job(job_id: str, session: SessionDep, principal: JobsPrincipal) -> JobView:
     job = service.cancel_job(session=session, job_id=job_id, owner=principal.owner)
-    return job_view(job)
+    if job.status in lifecycle.FINISHED and job.callback_state == lifecycle.CALLBACK_PENDING:
+        send_callback(job.id)  # cancelled at once (nothing was running): the callback is due now
+    return job_view(job, callback=callbacks.callback_view(session=session, job=job))

@@ -15,13 +15,12 @@ from gateway.limits import KeyConcurrency
 from gateway.prediction import BatcherDep, recognise
 from gateway.routers.predict import ConcurrencyDep
 from shared.interop import kserve
-from shared.interop.errors import ModelNotFound
 from shared.registry import service as registry
 
 router = APIRouter(prefix="/v2", tags=["kserve v2"])
 
 _NOT_FOUND = {404: {"description": "No such model (the one model is `ner`) or no such registry version."}}
-_NOT_READY = {503: {"description": "No model loaded yet, or another version is the one answering."}}
+_NOT_READY = {503: {"description": "No model loaded yet, or that version is not loaded (yet)."}}
 
 ReadPrincipal = Annotated[Principal, Depends(require_scope("predict", rate_limited=False))]
 InferPrincipal = Annotated[Principal, Depends(require_scope("predict", rate_limited=True))]
@@ -35,10 +34,13 @@ VersionsDep = Annotated[list[int], Depends(_versions)]
 
 
 def _model_ready(request: Request, version: int | None) -> bool:
+    """A model answers; with ``version``: that version is loaded (active, or pinned and cached)."""
     provider = getattr(request.app.state, "model_provider", None)
-    if provider is None or not provider.ready:
+    if provider is None:
         return False
-    return version is None or provider.active().version == version
+    if version is None:
+        return bool(provider.ready)
+    return provider.loaded(version) is not None
 
 
 @router.get("", summary="Server metadata")
@@ -91,7 +93,7 @@ def model_ready(name: str, request: Request, response: Response, _principal: Rea
 
 @router.get(
     "/models/{name}/versions/{version}/ready",
-    summary="This version is the one answering",
+    summary="This version is loaded (the active one, or pinned earlier); infer loads it otherwise",
     responses={**_NOT_FOUND, **_NOT_READY},
 )
 def version_ready(
@@ -117,15 +119,16 @@ async def _infer(
     version: int | None,
 ) -> Response:
     call = kserve.parse_infer(await request.body(), request.headers.get(kserve.HEADER_LENGTH))
+    # A version other than the active one is loaded on demand (as /predict/'s model_version),
+    # without holding up requests to the active version.
     served, results = await recognise(
-        call.texts, batcher=batcher, settings=settings, principal=principal, concurrency=concurrency
+        call.texts,
+        batcher=batcher,
+        settings=settings,
+        principal=principal,
+        concurrency=concurrency,
+        model_version=version,
     )
-    if version is not None and served.version != version:
-        # Checked on the version that actually answered: a hot swap between check and batch cannot lie.
-        raise ModelNotFound(
-            f"version {version} is in the registry but is not the one serving "
-            f"(serving {served.version}); activate it first (POST /models/{version}/activate)"
-        )
     body, headers = kserve.infer_response(call=call, results=results, model_version=served.version)
     return Response(content=body, headers=headers, media_type=headers["Content-Type"])
 
@@ -137,6 +140,7 @@ _INFER_DOC = {
         400: {"description": "Not a V2 request of texts; the message says what is wrong."},
         413: {"description": "A text or the batch is over its limit; the message names the limit."},
         **_NOT_FOUND,
+        409: {"description": "The version is in the registry but its files do not load here."},
         503: {"description": "No model to serve yet (the message says how to get one) or still loading."},
     },
 }

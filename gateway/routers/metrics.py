@@ -33,7 +33,7 @@ def _describe_model(request: Request) -> dict[str, Any] | None:
 def metrics(request: Request, settings: SettingsDep) -> Response:
     scrape = exposition_registry(
         [
-            QueueDepthCollector(settings.redis_url),
+            QueueDepthCollector(settings.celery_broker_url),
             ModelInfoCollector(lambda: _describe_model(request)),
         ]
     )

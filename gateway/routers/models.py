@@ -1,15 +1,17 @@
-"""The model registry: list versions, inspect one, activate one (also a roll-back)."""
+"""The model registry: list versions, inspect one, activate one (also a roll-back), import a model."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, Depends, Path, Request
+from fastapi import APIRouter, Depends, Path, Request, status
 
 from gateway.deps import Principal, SessionDep, SettingsDep, require_scope
-from shared.registry import service
-from shared.registry.errors import VersionNotFound
+from shared.core.celery_app import TRAINING_QUEUE, celery_app
+from shared.registry import importer, service
+from shared.registry.errors import ImportUnavailable, VersionNotFound
 from shared.registry.schemas import (
+    ImportRequest,
     ModelVersionDetail,
     ModelVersionList,
     ModelVersionOut,
@@ -79,3 +81,45 @@ def activate_version(
     if provider is not None:
         provider.notify()
     return version_detail(row)
+
+
+@router.post(
+    "/import",
+    response_model=ModelVersionDetail,
+    status_code=status.HTTP_201_CREATED,
+    summary="Register a model folder or Hugging Face model id as a new version (loaded and run first)",
+    responses={
+        422: {"description": "Not a loadable token-classification model, or a folder outside the data roots"},
+        503: {"description": "This gateway serves no model (NER_SERVE_PREDICT=false) and cannot check one"},
+    },
+    dependencies=[Depends(require_scope("admin"))],
+)
+def import_version(
+    body: ImportRequest, request: Request, session: SessionDep, settings: SettingsDep
+) -> ModelVersionDetail:
+    if not settings.serve_predict:
+        raise ImportUnavailable(
+            "this gateway loads no model (NER_SERVE_PREDICT=false), so it cannot check one: "
+            "import through a gateway that serves /predict/, or with `ner models import`"
+        )
+    from shared.predict.engine import NerEngine  # torch: this gateway serves /predict/ anyway
+
+    imported = importer.import_model(
+        session=session,
+        artifacts_dir=settings.artifacts_dir,
+        source=body.source,
+        verify=importer.engine_verifier(NerEngine.load),
+        activate=body.activate,
+        redis_url=settings.redis_url,
+        # A caller's folder must lie where training data may: never anywhere on the server.
+        roots=settings.data_roots,
+        settings=settings,
+    )
+    assert imported is not None  # only a fixed version number (a first start) can be taken
+    # Its gate scores come from the trainer (the gate's evaluation is trainer code); a trainer scores
+    # it when the operator has a gate set, and /models shows them once recorded.
+    celery_app.send_task(importer.SCORE_TASK, args=[imported.version.version], queue=TRAINING_QUEUE)
+    provider = getattr(request.app.state, "model_provider", None)
+    if body.activate and provider is not None:
+        provider.notify()
+    return version_detail(imported.version)

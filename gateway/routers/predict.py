@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, Request
 from gateway.deps import Principal, SettingsDep, require_scope
 from gateway.limits import KeyConcurrency
 from gateway.prediction import BatcherDep, recognise
+from shared.predict.options import apply_options
 from shared.predict.schemas import (
     BatchPredictRequest,
     BatchPredictResponse,
@@ -22,8 +23,14 @@ router = APIRouter(prefix="/predict", tags=["predict"])
 PredictPrincipal = Annotated[Principal, Depends(require_scope("predict"))]
 
 _ERRORS = {
+    404: {"description": "`model_version` names a version the registry does not have."},
+    409: {"description": "`model_version` exists but its files do not load; the message says why."},
     413: {"description": "A text or the batch is over its limit; the message names the limit."},
-    422: {"description": "Missing, empty or non-string text, or a body that is not JSON."},
+    422: {
+        "description": "Missing, empty or non-string text, a body that is not JSON, an unknown "
+        "`offset_encoding`, a type the model does not have, or a score outside [0, 1]; the message "
+        "names the field (and the allowed values)."
+    },
     503: {"description": "No model to serve yet (the message says how to get one) or still loading."},
 }
 
@@ -53,8 +60,10 @@ async def predict(
         principal=principal,
         concurrency=concurrency,
         field="text",
+        model_version=body.model_version,
+        options=body,
     )
-    return PredictResponse(entities=results[0], model_version=served.version)
+    return PredictResponse(entities=apply_options(body.text, results[0], body), model_version=served.version)
 
 
 @router.post("/batch", summary="Entities in several texts, one result per text", responses=_ERRORS)
@@ -66,8 +75,18 @@ async def predict_batch(
     concurrency: ConcurrencyDep,
 ) -> BatchPredictResponse:
     served, results = await recognise(
-        body.texts, batcher=batcher, settings=settings, principal=principal, concurrency=concurrency
+        body.texts,
+        batcher=batcher,
+        settings=settings,
+        principal=principal,
+        concurrency=concurrency,
+        model_version=body.model_version,
+        options=body,
     )
     return BatchPredictResponse(
-        results=[TextEntities(entities=entities) for entities in results], model_version=served.version
+        results=[
+            TextEntities(entities=apply_options(text, entities, body))
+            for text, entities in zip(body.texts, results, strict=True)
+        ],
+        model_version=served.version,
     )

@@ -6,11 +6,13 @@ from typing import Any
 
 from celery import Celery, signals
 from kombu import Queue
+from kombu.exceptions import OperationalError
 
 from shared.core.config import Settings, get_settings
 
 INFERENCE_QUEUE = "inference"
 TRAINING_QUEUE = "training"
+SHADOW_QUEUE = "shadow"  # shadow traffic comparisons (issue 15), consumed by `ner worker`
 
 
 # Redis re-delivers a message nobody acknowledged after the visibility timeout (a worker whose main
@@ -25,7 +27,12 @@ def transport_options(settings: Settings, queue: str = INFERENCE_QUEUE) -> dict[
     The Redis transport keeps unacknowledged messages in one hash per key name and every consumer
     restores what is older than *its* timeout, so the training queue keeps its own keys: an
     inference worker's shorter timeout never re-delivers a run that is still training.
+
+    RabbitMQ (``amqp://``) needs none of this: it re-delivers an unacknowledged message when its
+    consumer's connection closes (a killed worker), never on a timer, so a long run is not sent twice.
     """
+    if settings.broker_is_amqp:
+        return {}
     if queue == TRAINING_QUEUE:
         return {
             "visibility_timeout": settings.training_time_limit_s + VISIBILITY_MARGIN_S,
@@ -41,12 +48,14 @@ def transport_options(settings: Settings, queue: str = INFERENCE_QUEUE) -> dict[
 def configure(app: Celery, settings: Settings) -> None:
     """Apply ``settings`` to ``app`` (again, when tests point it at another broker)."""
     app.conf.update(
-        broker_url=settings.redis_url,
-        task_queues=[Queue(INFERENCE_QUEUE), Queue(TRAINING_QUEUE)],
+        broker_url=settings.celery_broker_url,  # NER_BROKER_URL (amqp:// or redis://), else NER_REDIS_URL
+        task_queues=[Queue(INFERENCE_QUEUE), Queue(TRAINING_QUEUE), Queue(SHADOW_QUEUE)],
         task_default_queue=INFERENCE_QUEUE,
         task_routes={
             "ner.jobs.*": {"queue": INFERENCE_QUEUE},
             "ner.train.*": {"queue": TRAINING_QUEUE},
+            "ner.registry.*": {"queue": TRAINING_QUEUE},  # gate scores of imported versions
+            "ner.shadow.*": {"queue": SHADOW_QUEUE},
         },
         task_serializer="json",
         accept_content=["json"],
@@ -73,8 +82,16 @@ def configure(app: Celery, settings: Settings) -> None:
         # still have sent; results are not used here, and the worker re-sends the dead child's chunk
         # as soon as it is reported (worker.tasks): Celery's 10 s would be most of the recovery.
         worker_lost_wait=1.0,
+        # NER_WORKER_MAX_MEMORY_MB (KiB here): a pool child past it is replaced after its task.
+        worker_max_memory_per_child=settings.worker_max_memory_mb * 1024 or None,
         # `ner worker --beat`: delete expired jobs; a late message is dropped, the next one comes.
         beat_schedule={
+            # Disagreement samples of shadow traffic past the job retention (worker/shadow.py).
+            "purge-shadow-samples": {
+                "task": "ner.shadow.purge_samples",
+                "schedule": settings.purge_interval_s,
+                "options": {"expires": settings.purge_interval_s},
+            },
             "purge-expired-jobs": {
                 "task": "ner.jobs.purge_expired",
                 "schedule": settings.purge_interval_s,
@@ -92,6 +109,120 @@ def _queue_transport_options(conf: Any = None, options: dict[str, Any] | None = 
     names = queues.split(",") if isinstance(queues, str) else list(queues)
     if conf is not None and names == [TRAINING_QUEUE]:
         conf.broker_transport_options = transport_options(get_settings(), TRAINING_QUEUE)
+
+
+# Marker of the watchdog on RabbitMQ: a durable, empty queue. It survives a broker restart exactly
+# when the broker kept its durable queues (and with them the queued chunks' persistent messages).
+AMQP_MARKER_QUEUE = "ner.watchdog.marker"
+
+
+def amqp_lost_its_data(app: Celery) -> bool:
+    """True when the marker queue is missing (RabbitMQ lost its data, or the first pass): declares it.
+
+    Connection errors are raised as kombu's OperationalError, like a failed publish.
+    """
+    with app.connection_for_write() as connection:
+        try:
+            channel = connection.channel()
+            try:
+                channel.queue_declare(queue=AMQP_MARKER_QUEUE, passive=True)
+                return False
+            except connection.channel_errors:
+                # A failed passive declare closes the channel: declare it on a fresh one.
+                channel = connection.channel()
+                channel.queue_declare(queue=AMQP_MARKER_QUEUE, durable=True, auto_delete=False)
+                return True
+            finally:
+                channel.close()
+        except connection.connection_errors as exc:
+            raise OperationalError(f"broker unavailable: {type(exc).__name__}") from exc
+
+
+def forget_amqp_marker(app: Celery) -> None:
+    """Delete the marker queue, so the next pass sends the queued chunks again."""
+    with app.connection_for_write() as connection:
+        try:
+            channel = connection.channel()
+            try:
+                channel.queue_delete(queue=AMQP_MARKER_QUEUE)
+            finally:
+                channel.close()
+        except connection.connection_errors as exc:
+            raise OperationalError(f"broker unavailable: {type(exc).__name__}") from exc
+
+
+def queue_depths(app: Celery, queues: tuple[str, ...] = (INFERENCE_QUEUE, TRAINING_QUEUE)) -> dict[str, int]:
+    """Messages waiting in each queue, on either broker (what KEDA scales on); raises on broker errors.
+
+    Redis: the list length; RabbitMQ: the ready-message count of a passive declare (unacknowledged
+    messages, i.e. running tasks, are not counted on either).
+    """
+    depths: dict[str, int] = {}
+    with app.connection_for_read() as connection:
+        channel = connection.channel()
+        try:
+            for queue in queues:
+                try:
+                    depths[queue] = int(channel.queue_declare(queue=queue, passive=True).message_count)
+                except connection.channel_errors:
+                    depths[queue] = 0  # never declared: nobody sent to it yet
+                    channel = connection.channel()
+        finally:
+            channel.close()
+    return depths
+
+
+# Kombu's Redis transport keeps each delivered, unacknowledged message in this hash (and its
+# delivery time in the sorted set) until it is acknowledged, or restored after the visibility timeout.
+REDIS_UNACKED_KEY = "unacked"
+REDIS_UNACKED_INDEX_KEY = "unacked_index"
+
+
+def stale_unacked_redis(
+    settings: Settings, *, task: str, older_than_s: float
+) -> list[tuple[bytes, list[Any]]]:
+    """(delivery tag, args) of ``task`` messages of the inference queue that a Redis broker delivered
+    more than ``older_than_s`` ago and nobody acknowledged: their worker died, or is still busy.
+
+    A worker whose main process was killed never acknowledges them, and Redis gives them back only
+    after the visibility timeout (an hour): the watchdog decides from the database what to re-send.
+    """
+    import base64
+    import json
+    import time
+
+    import redis
+
+    client = redis.Redis.from_url(settings.celery_broker_url, socket_timeout=5, socket_connect_timeout=5)
+    try:
+        tags = client.zrangebyscore(REDIS_UNACKED_INDEX_KEY, 0, time.time() - older_than_s, start=0, num=500)
+        found = []
+        for tag, raw in zip(tags, client.hmget(REDIS_UNACKED_KEY, tags) if tags else [], strict=True):
+            try:
+                payload = json.loads(raw)[0]
+                if payload["headers"]["task"] != task:
+                    continue
+                body = payload["body"]
+                if payload.get("properties", {}).get("body_encoding") == "base64":
+                    body = base64.b64decode(body)
+                args = json.loads(body)[0]
+            except (TypeError, ValueError, KeyError, IndexError):
+                continue  # not a message of ours (or already acknowledged): left alone
+            found.append((tag, list(args)))
+        return found
+    finally:
+        client.close()
+
+
+def forget_unacked_redis(settings: Settings, tag: bytes) -> None:
+    """Drop one unacknowledged message (its task was sent again): it is not restored an hour later."""
+    import redis
+
+    client = redis.Redis.from_url(settings.celery_broker_url, socket_timeout=5, socket_connect_timeout=5)
+    try:
+        client.pipeline().hdel(REDIS_UNACKED_KEY, tag).zrem(REDIS_UNACKED_INDEX_KEY, tag).execute()
+    finally:
+        client.close()
 
 
 def make_celery() -> Celery:

@@ -7,7 +7,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
@@ -45,9 +45,24 @@ class Settings(BaseSettings):
     redis_url: str = "redis://127.0.0.1:6379/0"
     artifacts_dir: Path | None = None  # empty: state_dir/models
     data_roots: Annotated[list[Path], NoDecode] = Field(default_factory=list)  # empty: state_dir/data
+    # Celery's broker: empty is NER_REDIS_URL; amqp:// for RabbitMQ (Redis still holds rate limits
+    # and the "active model changed" notifications). docs/operations.md says when to pick which.
+    broker_url: str = ""
+    # --- artifact store (shared/artifacts/): where published versions and training uploads live ---
+    # "local" (a folder, NER_ARTIFACTS_DIR: every node mounts it), "s3://bucket/prefix" (any
+    # S3-compatible store) or "postgresql" (chunked blobs in NER_DATABASE_URL): nodes share no disk.
+    artifacts_url: str = "local"
+    artifacts_cache_dir: Path | None = None  # a node's verified copies of versions; empty: state_dir/cache
+    s3_endpoint_url: str | None = None  # MinIO, R2, GCS interoperability, ...; empty: AWS
+    s3_region: str | None = None
+    s3_access_key_id: str | None = None  # empty: boto3's own chain (env, profile, instance role)
+    s3_secret_access_key: str | None = None
 
     # --- models ------------------------------------------------------------------------------
     model: str | None = None  # a hub id or a local folder, served while the registry is empty
+    # At a first start (empty registry) NER_MODEL is imported as active version 1 (shared/registry/
+    # importer.py), so it can be rolled back to; false: served outside the registry while it is empty.
+    model_import: bool = True
     base_model: str = Field(default_factory=bundled_base_model)
     # The model shipped in the package (CoNLL-2003, English), registered as version 1 of an empty
     # registry when NER_MODEL is unset; a folder, or "none" to start without any model.
@@ -57,12 +72,18 @@ class Settings(BaseSettings):
 
     # --- inference engine --------------------------------------------------------------------
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    quantize: Literal["none", "int8"] = "none"  # int8: dynamic quantization of Linear layers on CPU
+    # auto: bf16 on CPUs with native bf16 (AVX512-BF16/AMX) and GPUs that have it, fp16 on other GPUs,
+    # fp32 otherwise; int8: dynamic quantization of the encoder's Linear layers (CPU).
+    precision: Literal["auto", "fp32", "bf16", "fp16", "int8"] = "auto"
+    quantize: Literal["none", "int8"] = "none"  # older name: int8 here means NER_PRECISION=int8
     num_threads: int | None = Field(default=None, ge=1)
     engine_batch_size: int = Field(default=32, ge=1)  # windows per forward pass
     max_window_tokens: int = Field(default=256, ge=16, le=512)
     window_stride_tokens: int = Field(default=64, ge=0)
     model_poll_seconds: float = Field(default=2.0, gt=0)
+    # Engines kept loaded, the active one included: versions pinned by `model_version` are loaded
+    # on demand beside it, and the least recently used one is dropped beyond this many.
+    model_cache_size: int = Field(default=3, ge=1, le=32)
 
     # --- gateway -----------------------------------------------------------------------------
     host: str = "127.0.0.1"
@@ -74,6 +95,9 @@ class Settings(BaseSettings):
     predict_batch_max_texts: int = Field(default=256, ge=1)
     batch_max_size: int = Field(default=64, ge=1)  # requests gathered into one model call
     batch_max_wait_ms: float = Field(default=5.0, ge=0)
+    # The HMAC key of POST /redact's `hash` mode (one name, one token; 16+ characters); never logged.
+    # Unset: only `mask` and `type` redaction (`hash` answers 503 naming this setting).
+    redact_key: SecretStr | None = Field(default=None, min_length=16)
     auth: Literal["on", "off"] = "on"
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
@@ -97,6 +121,32 @@ class Settings(BaseSettings):
     job_chunk_max_attempts: int = Field(default=3, ge=1)  # then its documents are marked failed
     purge_interval_s: float = Field(default=3600.0, gt=0)  # beat: delete expired jobs
     purge_batch_rows: int = Field(default=10_000, ge=1)  # rows deleted per transaction
+    # A chunk writes its results (and moves the job's counters and entity counts) every this many
+    # documents or seconds, whichever comes first: progress within a chunk at no cost per document.
+    job_progress_documents: int = Field(default=256, ge=1)
+    job_progress_interval_s: float = Field(default=2.0, gt=0)
+    # Job completion callbacks (docs/integrations.md): hosts (host or host:port, comma separated)
+    # a callback_url may name; empty: callbacks are refused. A name must resolve to public
+    # addresses unless the address itself is listed; redirects are never followed.
+    callback_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    callback_secret: str | None = None  # HMAC-SHA256 key of X-NER-Signature; never logged
+    callback_timeout_s: float = Field(default=5.0, gt=0, le=60)  # one attempt
+    callback_backoff_s: float = Field(default=5.0, gt=0)  # first retry; doubles, at most 15 min
+    callback_retry_for_s: float = Field(default=6 * 3600.0, gt=0)  # then the callback is given up
+    # The gateway's address as callers reach it (https://ner.example.com): absolute results_url
+    # in callbacks; empty: a path.
+    public_url: str | None = None
+
+    # --- shadow traffic (shared/shadow/, issue 15) ---------------------------------------------
+    # Disagreement samples keep an excerpt of the live text (and the entities' words); false: only
+    # offsets, types and scores. Samples are deleted after NER_RETENTION_DAYS either way.
+    shadow_store_text: bool = True
+    shadow_excerpt_chars: int = Field(default=300, ge=20, le=100_000)
+    shadow_max_samples: int = Field(default=50, ge=0, le=10_000)  # kept per shadow version
+    shadow_poll_s: float = Field(default=5.0, gt=0)  # a gateway re-reads the shadow config (+ pub/sub)
+    shadow_queue_max: int = Field(default=2000, ge=1)  # sampled requests a gateway holds; more are dropped
+    shadow_batch_texts: int = Field(default=32, ge=1, le=1024)  # sampled texts per shadow task
+    shadow_task_time_limit_s: int = Field(default=300, ge=1)  # one shadow comparison task
 
     # --- training ----------------------------------------------------------------------------
     train_loss: LossName = "ce"
@@ -107,10 +157,17 @@ class Settings(BaseSettings):
     gate_data: str | None = None
     # Auto-promotion also needs every entity type's gate F1 within this of the active version's.
     gate_type_margin: float = Field(default=0.02, ge=0, le=1)
+    # An empty registry (no default model seeded, no bootstrap run) keeps a first trained version as a
+    # candidate for an admin; true: it goes live at once, whoever trained it.
+    gate_promote_first: bool = False
 
     # --- Celery ------------------------------------------------------------------------------
     task_time_limit_s: int = Field(default=3600, ge=1)  # one inference chunk
     training_time_limit_s: int = Field(default=6 * 3600, ge=1)  # one training run
+    # A worker pool child whose RSS passed this after a task is replaced by a fresh one (Celery's
+    # worker_max_memory_per_child; it reloads the model): the safety net under the worker's own
+    # memory hygiene (worker.runtime). 0: never.
+    worker_max_memory_mb: int = Field(default=3072, ge=0)
 
     # --- operations --------------------------------------------------------------------------
     flower_port: int = Field(default=5555, ge=1, le=65535)
@@ -139,6 +196,9 @@ class Settings(BaseSettings):
     # Hub model ids a non-admin key may name as base_model (exact ids, pinned "id@revision");
     # empty: only admin keys may choose a base model other than NER_BASE_MODEL.
     base_model_allow: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # A Hub base_model named by a request ("owner/name@<commit>") may list at most this many bytes of
+    # files from_pretrained fetches; asked of the Hub before any download (the trainer's disk).
+    base_model_max_bytes: int = Field(default=2 * 1024**3, ge=1)
     # Label Studio as annotation tool (shared/interop/labelstudio.py): its API, to read a project's
     # annotations for retraining, and after how many new annotations a run starts (0: only on
     # Label Studio's "Start training").
@@ -154,6 +214,32 @@ class Settings(BaseSettings):
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         return _split_commas(value)
+
+    @field_validator("callback_hosts", mode="before")
+    @classmethod
+    def _callback_hosts(cls, value: object) -> object:
+        hosts = _split_commas(value)
+        if isinstance(hosts, list):
+            hosts = [str(host).lower() for host in hosts]
+            for host in hosts:
+                if "/" in host or "@" in host:
+                    raise ValueError(f"{host!r}: list hosts or host:port, not URLs")
+        return hosts
+
+    @model_validator(mode="after")
+    def _one_precision(self) -> Settings:
+        if self.quantize == "int8" and self.precision not in ("auto", "int8"):
+            raise ValueError(
+                f"NER_QUANTIZE=int8 contradicts NER_PRECISION={self.precision}: set NER_PRECISION only"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _callback_secret_set(self) -> Settings:
+        # Unsigned callbacks could not be told from forged ones: allowing hosts needs the secret.
+        if self.callback_hosts and not self.callback_secret:
+            raise ValueError("NER_CALLBACK_SECRET must be set when NER_CALLBACK_HOSTS allows callbacks")
+        return self
 
     @field_validator("database_url")
     @classmethod
@@ -180,6 +266,23 @@ class Settings(BaseSettings):
             raise ValueError("must start with redis://, rediss:// or unix://")
         return value
 
+    @field_validator("broker_url")
+    @classmethod
+    def _broker_url(cls, value: str) -> str:
+        if value and not value.startswith(("redis://", "rediss://", "amqp://", "amqps://")):
+            raise ValueError("must start with amqp://, amqps://, redis:// or rediss:// (empty: Redis)")
+        return value
+
+    @field_validator("artifacts_url")
+    @classmethod
+    def _artifacts_url(cls, value: str) -> str:
+        value = value.strip() or "local"
+        if value in ("local", "postgresql"):
+            return value
+        if value.startswith("s3://") and value[5:].split("/", 1)[0]:
+            return value.rstrip("/")
+        raise ValueError("must be local, postgresql or s3://bucket[/prefix]")
+
     @model_validator(mode="after")
     def _derived_paths(self) -> Settings:
         self.state_dir = self.state_dir.expanduser().resolve()
@@ -188,6 +291,9 @@ class Settings(BaseSettings):
         if self.artifacts_dir is None:
             self.artifacts_dir = self.state_dir / "models"
         self.artifacts_dir = self.artifacts_dir.expanduser().resolve()
+        if self.artifacts_cache_dir is None:
+            self.artifacts_cache_dir = self.state_dir / "cache" / "artifacts"
+        self.artifacts_cache_dir = self.artifacts_cache_dir.expanduser().resolve()
         if not self.data_roots:
             self.data_roots = [self.state_dir / "data"]
         self.data_roots = [root.expanduser().resolve() for root in self.data_roots]
@@ -197,6 +303,15 @@ class Settings(BaseSettings):
     def uploads_dir(self) -> Path:
         """Where uploaded training data lands: the first data root, so it is always allowed."""
         return self.data_roots[0] / "uploads"
+
+    @property
+    def celery_broker_url(self) -> str:
+        """The broker Celery connects to: NER_BROKER_URL, else NER_REDIS_URL."""
+        return self.broker_url or self.redis_url
+
+    @property
+    def broker_is_amqp(self) -> bool:
+        return self.celery_broker_url.startswith(("amqp://", "amqps://"))
 
     @property
     def is_sqlite(self) -> bool:

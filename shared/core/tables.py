@@ -17,6 +17,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -125,6 +126,20 @@ class TrainingUpload(Base):
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
 
 
+class ArtifactChunk(Base):
+    """One piece of an object of the ``postgresql`` artifact store (shared/artifacts/, migration 0007).
+
+    An object (a version's file, an upload) is its rows of one ``key`` in ``seq`` order, each at most
+    a few MB, so no single value nears PostgreSQL's 1 GB limit and reads stream.
+    """
+
+    __tablename__ = "artifact_chunks"
+
+    key: Mapped[str] = mapped_column(Text, primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
 class ModelVersion(Base):
     __tablename__ = "model_versions"
     __table_args__ = (
@@ -173,6 +188,13 @@ class Job(Base):
         Index("ix_jobs_status_created", "status", "created_at"),
         # A retried submission with the same Idempotency-Key returns the job it created first.
         UniqueConstraint("api_key_id", "idempotency_key", name="uq_jobs_idempotency"),
+        # The watchdog's look for completion callbacks due (few rows are ever pending; 0005).
+        Index(
+            "ix_jobs_callback_due",
+            "callback_next_at",
+            postgresql_where=text("callback_state = 'pending'"),
+            sqlite_where=text("callback_state = 'pending'"),
+        ),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
@@ -200,6 +222,29 @@ class Job(Base):
     # Set once every chunk task reached the broker; NULL after a crash or broker outage at submit,
     # so the workers' watchdog sends them later (the job row is the outbox).
     dispatched_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Options applied to the stored results (shared/jobs/options.py: offset_encoding, labels,
+    # exclude_labels, min_score, redact), as validated at submission; NULL: none (migration 0005).
+    options: Mapped[dict[str, Any] | None] = mapped_column(JsonType)
+    # Completion callback (shared/jobs/callbacks.py): pending once the job ends, then delivered or
+    # failed (gave up); next_at is when the next attempt is due (the watchdog's outbox).
+    callback_url: Mapped[str | None] = mapped_column(Text)
+    callback_state: Mapped[str | None] = mapped_column(String(16))
+    callback_next_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Progress within chunks: when the counters last moved and a moving rate (documents a second).
+    progress_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    rate: Mapped[float | None] = mapped_column(Float)
+
+
+class JobCallbackAttempt(Base):
+    """One attempt to deliver a job's completion callback: its HTTP status or why it failed."""
+
+    __tablename__ = "job_callback_attempts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
 
 
 class JobDocument(Base):
@@ -225,6 +270,7 @@ class JobResult(Base):
     error: Mapped[str | None] = mapped_column(Text)
     model_version: Mapped[int | None] = mapped_column(Integer)
     processed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    redacted_text: Mapped[str | None] = mapped_column(Text)  # the job's ``redact`` option (0005)
 
 
 class JobChunk(Base):
@@ -288,3 +334,76 @@ class TrainingEpoch(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     run: Mapped[TrainingRun] = relationship(back_populates="epochs")
+
+
+# --- shadow traffic and job re-runs (issue 15, migration 0006) -------------------------------------
+
+
+class ShadowConfig(Base):
+    """A version shadowing live /predict traffic: a row while on, deleted when stopped."""
+
+    __tablename__ = "shadow_configs"
+
+    version: Mapped[int] = mapped_column(
+        ForeignKey("model_versions.version", ondelete="CASCADE"), primary_key=True, autoincrement=False
+    )
+    sample_rate: Mapped[float] = mapped_column(Float)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ShadowStat(Base):
+    """Counters of a shadow version against one active version, UPSERTed by the comparing tasks.
+
+    ``entity_type`` '' is the totals row (texts, texts_disagreeing, failed and all entities); the
+    other rows count one entity type each (added, removed, matched).
+    """
+
+    __tablename__ = "shadow_stats"
+
+    version: Mapped[int] = mapped_column(
+        ForeignKey("model_versions.version", ondelete="CASCADE"), primary_key=True, autoincrement=False
+    )
+    active_version: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    entity_type: Mapped[str] = mapped_column(String(100), primary_key=True)
+    texts: Mapped[int] = mapped_column(BigInteger, default=0)
+    texts_disagreeing: Mapped[int] = mapped_column(BigInteger, default=0)
+    failed: Mapped[int] = mapped_column(BigInteger, default=0)
+    added: Mapped[int] = mapped_column(BigInteger, default=0)
+    removed: Mapped[int] = mapped_column(BigInteger, default=0)
+    matched: Mapped[int] = mapped_column(BigInteger, default=0)
+    first_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    last_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ShadowSample(Base):
+    """A live text on which shadow and active disagreed; bounded per version, purged at expires_at."""
+
+    __tablename__ = "shadow_samples"
+    __table_args__ = (Index("ix_shadow_samples_version_id", "version", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    version: Mapped[int] = mapped_column(ForeignKey("model_versions.version", ondelete="CASCADE"))
+    active_version: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    text_chars: Mapped[int] = mapped_column(Integer)
+    excerpt: Mapped[str | None] = mapped_column(Text)  # NULL when NER_SHADOW_STORE_TEXT=false
+    excerpt_start: Mapped[int] = mapped_column(Integer, default=0)
+    active_entities: Mapped[list[dict[str, Any]]] = mapped_column(JsonType, default=list)
+    shadow_entities: Mapped[list[dict[str, Any]]] = mapped_column(JsonType, default=list)
+
+
+class JobRerun(Base):
+    """A job created by POST /jobs/{id}/rerun: which documents it copied, for GET /jobs/{a}/diff/{b}.
+
+    ``source_job_id`` and ``root_job_id`` carry no foreign key: a re-run outlives its source's
+    retention, and two re-runs of one root stay comparable.
+    """
+
+    __tablename__ = "job_reruns"
+
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    source_job_id: Mapped[uuid.UUID] = mapped_column(Uuid)
+    root_job_id: Mapped[uuid.UUID] = mapped_column(Uuid, index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -18,6 +18,7 @@ from shared.jobs.lifecycle import utcnow
 log = logging.getLogger(__name__)
 
 PROCESS_CHUNK = "ner.jobs.process_chunk"
+SEND_CALLBACK = "ner.jobs.send_callback"
 # A broker that does not answer at once is left to the watchdog: the submission is already safe.
 PUBLISH_RETRY = {"max_retries": 2, "interval_start": 0.1, "interval_step": 0.2, "interval_max": 0.5}
 BROKER_ERRORS = (kombu.exceptions.OperationalError, redis.RedisError, OSError)
@@ -72,4 +73,21 @@ def dispatch_job(*, session: Session, job_id: uuid.UUID) -> bool:
         return False
     session.execute(update(Job).where(Job.id == job_id).values(dispatched_at=utcnow()))
     session.commit()
+    return True
+
+
+def send_callback(job_id: uuid.UUID) -> bool:
+    """Publish a ``send_callback`` task for a finished job; False (logged) when the broker is down.
+
+    Best effort: the job row says the callback is pending, and the watchdog sends it if this fails.
+    """
+    from shared.core.celery_app import celery_app
+
+    try:
+        celery_app.send_task(SEND_CALLBACK, args=[str(job_id)], retry=True, retry_policy=PUBLISH_RETRY)
+    except BROKER_ERRORS as exc:
+        log.warning(
+            "job %s: the broker is unavailable (%s); the watchdog will send its callback", job_id, exc
+        )
+        return False
     return True

@@ -249,8 +249,34 @@ def parse_retention(value: Any) -> int | None:
         raise InvalidSubmission("retention_days: must be an integer number of days") from None
 
 
+# Keys of a JSON job body besides documents and retention_days (shared/jobs/options.py).
+JOB_OPTION_KEYS = ("offset_encoding", "labels", "exclude_labels", "min_score", "redact", "callback_url")
+
+
+@dataclass(frozen=True)
+class JsonJob:
+    documents: Iterator[IncomingDocument]
+    retention_days: int | None
+    options: dict[str, Any]  # the raw option fields present (checked by the service)
+
+
+def parse_json_job(body: bytes) -> JsonJob:
+    """A JSON job body: its documents (streamed), retention in days, and option fields."""
+    payload = _json_payload(body)
+    return JsonJob(
+        documents=from_json_documents(payload["documents"]),
+        retention_days=parse_retention(payload.get("retention_days")),
+        options={key: payload[key] for key in JOB_OPTION_KEYS if payload.get(key) is not None},
+    )
+
+
 def parse_json_submission(body: bytes) -> tuple[Iterator[IncomingDocument], int | None]:
     """A JSON job body: its documents (streamed) and its retention in days."""
+    job = parse_json_job(body)
+    return job.documents, job.retention_days
+
+
+def _json_payload(body: bytes) -> dict[str, Any]:
     try:
         payload = json.loads(body)
     except json.JSONDecodeError as exc:
@@ -265,4 +291,4 @@ def parse_json_submission(body: bytes) -> tuple[Iterator[IncomingDocument], int 
         raise InvalidSubmission('body: expected an object like {"documents": [{"id": "...", "text": "..."}]}')
     if not isinstance(payload.get("documents"), list):
         raise InvalidSubmission('documents: required, a list of {"id", "text"} objects')
-    return from_json_documents(payload["documents"]), parse_retention(payload.get("retention_days"))
+    return payload

@@ -14,8 +14,19 @@ FINISHED = frozenset({JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled
 ACTIVE = frozenset({JobStatus.queued, JobStatus.running})
 
 
+# A job's completion callback is due from the transaction that finishes it (shared/jobs/callbacks.py).
+CALLBACK_PENDING = "pending"
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def as_utc(value: datetime | None) -> datetime | None:
+    """A stored time as an aware UTC datetime (SQLite returns them naive)."""
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
 
 
 def lock_job(session: Session, job_id: uuid.UUID) -> Job | None:
@@ -29,6 +40,9 @@ def _finish(job: Job, status: JobStatus, now: datetime, error: str | None = None
     job.expires_at = now + timedelta(days=job.retention_days)
     if error is not None:
         job.error = error
+    if job.callback_url and job.callback_state is None:
+        job.callback_state = CALLBACK_PENDING
+        job.callback_next_at = now
 
 
 def running_chunks(session: Session, job_id: uuid.UUID) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
@@ -15,9 +15,9 @@ from sqlalchemy.orm import Session
 from shared.core.config import Settings
 from shared.core.db import session_scope
 from shared.core.redis import redis_client
-from shared.core.tables import ChunkStatus, Job, JobChunk, JobDocument, JobResult
-from shared.jobs import lifecycle
-from shared.jobs.dispatch import BROKER_ERRORS, send_chunks
+from shared.core.tables import ChunkStatus, Job, JobCallbackAttempt, JobChunk, JobDocument, JobResult
+from shared.jobs import callbacks, lifecycle
+from shared.jobs.dispatch import BROKER_ERRORS, send_callback, send_chunks
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,7 @@ class WatchdogReport:
     dispatched_jobs: int = 0
     requeued_chunks: int = 0
     resent_after_broker_loss: int = 0
+    resent_callbacks: int = 0
 
 
 def _skip_locked(session: Session) -> dict[str, bool]:
@@ -193,6 +194,56 @@ def broker_lost_its_data(redis_url: str) -> bool:
     return bool(redis_client(redis_url).set(BROKER_MARKER, lifecycle.utcnow().isoformat(), nx=True))
 
 
+def _broker_lost(settings: Settings) -> bool:
+    """The marker check on the broker itself: a key in the broker's Redis (NER_BROKER_URL, else
+    NER_REDIS_URL), or on RabbitMQ a durable queue (a Redis key says nothing about RabbitMQ's data)."""
+    if settings.broker_is_amqp:
+        from shared.core.celery_app import amqp_lost_its_data, celery_app
+
+        return amqp_lost_its_data(celery_app)
+    return broker_lost_its_data(settings.celery_broker_url)
+
+
+def resend_unclaimed_chunks(*, settings: Settings, send: Sender = send_chunks) -> int:
+    """Redis only: send again the queued chunks whose message a worker took but never claimed nor
+    acknowledged for a stall timeout (its main process died): Redis would return it only after the
+    visibility timeout. RabbitMQ re-delivers such a message at once, when the connection closes."""
+    if settings.broker_is_amqp:
+        return 0
+    from shared.core.celery_app import forget_unacked_redis, stale_unacked_redis
+    from shared.jobs.dispatch import PROCESS_CHUNK
+
+    resent = 0
+    stale = stale_unacked_redis(settings, task=PROCESS_CHUNK, older_than_s=settings.job_stall_timeout_s)
+    for tag, args in stale:
+        try:
+            job_id, index = uuid.UUID(str(args[0])), int(args[1])
+        except (ValueError, IndexError, TypeError):
+            continue
+        with session_scope() as session:
+            row = session.execute(
+                select(JobChunk.status, Job.status, Job.request_id)
+                .join(Job, Job.id == JobChunk.job_id)
+                .where(JobChunk.job_id == job_id, JobChunk.index == index)
+            ).first()
+        if row is None or row[0] != ChunkStatus.queued or row[1] not in lifecycle.ACTIVE:
+            continue  # claimed (the heartbeat covers it), done, or its job is over
+        send(job_id, [index], request_id=row[2])  # first: a lost send leaves the message for the next pass
+        forget_unacked_redis(settings, tag)
+        resent += 1
+        log.warning("watchdog: chunk %d of job %s: its worker died unclaimed; sent it again", index, job_id)
+    return resent
+
+
+def _forget_broker_marker(settings: Settings) -> None:
+    if settings.broker_is_amqp:
+        from shared.core.celery_app import celery_app, forget_amqp_marker
+
+        forget_amqp_marker(celery_app)
+    else:
+        redis_client(settings.celery_broker_url).delete(BROKER_MARKER)
+
+
 def resend_queued_chunks(*, session: Session, send: Sender = send_chunks) -> int:
     """Send again every queued chunk of the dispatched, active jobs (after the broker lost its data).
 
@@ -228,13 +279,13 @@ def run_watchdog(
     older_than = now - timedelta(seconds=settings.job_stall_timeout_s)
     report = WatchdogReport()
     try:
-        if broker_lost_its_data(settings.redis_url):
+        if _broker_lost(settings):
             try:
                 with session_scope() as session:
                     report.resent_after_broker_loss = resend_queued_chunks(session=session, send=send)
             except BROKER_ERRORS:
                 # Not every chunk was sent: unset the marker, so the next pass sends them again.
-                redis_client(settings.redis_url).delete(BROKER_MARKER)
+                _forget_broker_marker(settings)
                 raise
     except BROKER_ERRORS as exc:
         log.warning("watchdog: broker unavailable (%s); queued chunks are checked next pass", exc)
@@ -244,7 +295,25 @@ def run_watchdog(
         report.requeued_chunks = requeue_stalled_chunks(
             session=session, stale_before=older_than, exclude=exclude, send=send
         )
+    try:
+        report.requeued_chunks += resend_unclaimed_chunks(settings=settings, send=send)
+    except BROKER_ERRORS as exc:
+        log.warning("watchdog: broker unavailable (%s); unclaimed chunks are checked next pass", exc)
+    report.resent_callbacks = resend_due_callbacks(
+        now=now, grace_s=settings.job_stall_timeout_s, send=send_callback
+    )
     return report
+
+
+def resend_due_callbacks(*, now: datetime, grace_s: float, send: Callable[[uuid.UUID], bool]) -> int:
+    """Send again the callback tasks of jobs whose callback is overdue (its message was lost)."""
+    with session_scope() as session:
+        job_ids = callbacks.claim_due(session=session, now=now, grace_s=grace_s)
+    for job_id in job_ids:
+        send(job_id)
+    if job_ids:
+        log.warning("watchdog: sent %d overdue job callback(s) again", len(job_ids))
+    return len(job_ids)
 
 
 def _delete_rows_in_batches(
@@ -275,6 +344,8 @@ def purge_expired(
         _delete_rows_in_batches(JobResult, job_id, total, settings.purge_batch_rows)
         _delete_rows_in_batches(JobDocument, job_id, total, settings.purge_batch_rows)
         with session_scope() as session:
+            # A handful of rows; explicit, as SQLite only cascades with its foreign keys switched on.
+            session.execute(delete(JobCallbackAttempt).where(JobCallbackAttempt.job_id == job_id))
             session.execute(delete(Job).where(Job.id == job_id, Job.status.in_(lifecycle.FINISHED)))
     if expired:
         log.info("purged %d expired job(s)", len(expired))

@@ -1,14 +1,20 @@
 """One chunk of a job, processed idempotently: any number of deliveries give one result per document.
 
 The steps, each its own short transaction: read the job (its pinned model), claim the chunk,
-read the documents that have no result yet, run the model, then write the results with an insert
-that ignores rows already there and add to the job's counts only what was really inserted.
+read the documents that have no result yet, run the model over them in slices (every
+NER_JOB_PROGRESS_DOCUMENTS documents or NER_JOB_PROGRESS_INTERVAL_S seconds), and write each slice's
+results with an insert that ignores rows already there, adding to the job's counts only what was
+really inserted: progress, entity counts and the job's moving rate move within a chunk, and a
+re-run chunk never counts a document twice. The job's options (shared/jobs/options.py) shape each
+document's stored entities and redacted text.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -35,6 +41,8 @@ from shared.core.tables import (
     JobStatus,
 )
 from shared.jobs import lifecycle
+from shared.jobs.dispatch import send_callback
+from shared.jobs.options import JobOptions, redact_key, shape
 from shared.jobs.service import PinnedModel
 from shared.predict.schemas import ENTITY_FIELDS
 
@@ -67,6 +75,7 @@ class Outcome:
     status: DocumentStatus
     entities: list[dict[str, Any]] = field(default_factory=list)
     error: str | None = None
+    redacted_text: str | None = None
 
 
 def entity_dict(entity: Any) -> dict[str, Any]:
@@ -212,11 +221,13 @@ def pending_documents(*, session: Session, job_id: uuid.UUID, index: int) -> lis
 # costs more to build and parse than the insert itself.
 _PG_INSERT_RESULTS = sql_text(
     """
-    INSERT INTO job_results (job_id, seq, status, entities, error, model_version, processed_at)
+    INSERT INTO job_results (job_id, seq, status, entities, error, model_version, processed_at,
+                             redacted_text)
     SELECT CAST(:job_id AS uuid), t.seq, t.status, CAST(t.entities AS jsonb), t.error,
-           CAST(:model_version AS integer), CAST(:processed_at AS timestamptz)
+           CAST(:model_version AS integer), CAST(:processed_at AS timestamptz), t.redacted_text
     FROM unnest(CAST(:seqs AS integer[]), CAST(:statuses AS varchar[]), CAST(:entities AS text[]),
-                CAST(:errors AS text[])) AS t(seq, status, entities, error)
+                CAST(:errors AS text[]), CAST(:redacted AS text[]))
+         AS t(seq, status, entities, error, redacted_text)
     ON CONFLICT (job_id, seq) DO NOTHING
     RETURNING status
     """
@@ -243,6 +254,7 @@ def _insert_new_results(
                 "statuses": [outcome.status.value for outcome in outcomes],
                 "entities": [json.dumps(outcome.entities, ensure_ascii=False) for outcome in outcomes],
                 "errors": [outcome.error for outcome in outcomes],
+                "redacted": [outcome.redacted_text for outcome in outcomes],
             },
         )
         return [DocumentStatus(status) for status in rows.scalars()]
@@ -260,10 +272,66 @@ def _insert_new_results(
             "error": outcome.error,
             "model_version": model_version,
             "processed_at": now,
+            "redacted_text": outcome.redacted_text,
         }
         for seq, outcome in zip(seqs, outcomes, strict=True)
     ]
     return list(session.connection().execute(statement, rows).scalars())
+
+
+# The job's moving rate: an exponentially weighted average over about this many seconds, so its
+# ETA follows the last half minute rather than the whole run (model loads, other jobs' chunks).
+RATE_WINDOW_S = 30.0
+
+
+def moving_rate(previous: float | None, added: int, elapsed_s: float) -> float | None:
+    """The job's documents a second after ``added`` more in ``elapsed_s`` (any worker's, any chunk's)."""
+    if elapsed_s <= 0:
+        # Two writes at the same instant: their documents still count, spread over the window.
+        return None if previous is None else previous + added / RATE_WINDOW_S
+    instant = added / elapsed_s
+    if previous is None:
+        return instant
+    weight = math.exp(-elapsed_s / RATE_WINDOW_S)
+    return previous * weight + instant * (1.0 - weight)
+
+
+def record_slice(
+    *,
+    session: Session,
+    job_id: uuid.UUID,
+    seqs: Sequence[int],
+    outcomes: Sequence[Outcome],
+    model_version: int | None,
+    now: datetime,
+) -> int:
+    """Insert results (keeping rows already there); count only the new rows; returns how many."""
+    if not seqs:
+        return 0
+    inserted = _insert_new_results(session, job_id, seqs, outcomes, model_version, now)
+    if not inserted:
+        return 0
+    done = sum(1 for status in inserted if status == DocumentStatus.done)
+    job = lifecycle.lock_job(session, job_id)
+    if job is None:
+        return 0
+    previous = lifecycle.as_utc(job.progress_at) or lifecycle.as_utc(job.started_at) or now
+    job.rate = moving_rate(job.rate, len(inserted), (now - previous).total_seconds())
+    job.progress_at = now
+    job.done += done
+    job.failed += len(inserted) - done
+    return len(inserted)
+
+
+def close_chunk(*, session: Session, job_id: uuid.UUID, index: int, now: datetime) -> Job | None:
+    """Mark the chunk done and finish the job if nothing is left; returns the job."""
+    lifecycle.lock_job(session, job_id)  # the job's row before its chunk's, as every writer does
+    session.execute(
+        update(JobChunk)
+        .where(JobChunk.job_id == job_id, JobChunk.index == index)
+        .values(status=ChunkStatus.done, updated_at=now)
+    )
+    return lifecycle.finalize_job(session=session, job_id=job_id, now=now)
 
 
 def record_results(
@@ -275,22 +343,22 @@ def record_results(
     outcomes: Sequence[Outcome],
     model_version: int | None,
     now: datetime,
-) -> None:
+) -> Job | None:
     """Insert results (keeping rows already there), count only new rows, close the chunk, maybe the job."""
-    if seqs:
-        inserted = _insert_new_results(session, job_id, seqs, outcomes, model_version, now)
-        done = sum(1 for status in inserted if status == DocumentStatus.done)
-        failed = len(inserted) - done
-        if inserted:
-            session.execute(
-                update(Job).where(Job.id == job_id).values(done=Job.done + done, failed=Job.failed + failed)
-            )
-    session.execute(
-        update(JobChunk)
-        .where(JobChunk.job_id == job_id, JobChunk.index == index)
-        .values(status=ChunkStatus.done, updated_at=now)
+    record_slice(
+        session=session, job_id=job_id, seqs=seqs, outcomes=outcomes, model_version=model_version, now=now
     )
-    lifecycle.finalize_job(session=session, job_id=job_id, now=now)
+    return close_chunk(session=session, job_id=job_id, index=index, now=now)
+
+
+def _callback_due(job: Job | None) -> uuid.UUID | None:
+    if (
+        job is not None
+        and job.status in lifecycle.FINISHED
+        and job.callback_state == lifecycle.CALLBACK_PENDING
+    ):
+        return job.id
+    return None
 
 
 @dataclass
@@ -329,6 +397,7 @@ def _process_chunk(*, job_id: uuid.UUID, index: int, token: str, task: ChunkTask
             return "gone"
         pinned = PinnedModel(version=job.model_version, ref=job.model_ref)
         runnable = job.status in lifecycle.ACTIVE or job.status == JobStatus.cancelling
+        options = JobOptions.from_stored(job.options)
     predict: Predict | None = None
     if runnable:
         try:
@@ -336,6 +405,8 @@ def _process_chunk(*, job_id: uuid.UUID, index: int, token: str, task: ChunkTask
         except ModelUnavailable as exc:
             with session_scope() as session:
                 lifecycle.fail_job(session=session, job_id=job_id, error=str(exc))
+                finished = _callback_due(session.get(Job, job_id))
+            _send_callback(finished)
             return "failed"
     settings = task.settings
     now = task.clock()
@@ -367,22 +438,90 @@ def _process_chunk(*, job_id: uuid.UUID, index: int, token: str, task: ChunkTask
         task.heartbeat.track(job_id, index, token)
     with session_scope() as session:
         documents = pending_documents(session=session, job_id=job_id, index=index)
-    try:
-        outcomes = run_documents(predict, [text for _, text in documents])
-    except SoftTimeLimitExceeded:
-        error = f"not processed: the time limit of its chunk ({settings.task_time_limit_s} s) was exceeded"
-        outcomes = [Outcome(DocumentStatus.failed, error=error) for _ in documents]
+    _run_in_slices(job_id, documents, predict, options, pinned.version, task)
     with session_scope() as session:
-        record_results(
-            session=session,
-            job_id=job_id,
-            index=index,
-            seqs=[seq for seq, _ in documents],
-            outcomes=outcomes,
-            model_version=pinned.version,
-            now=task.clock(),
-        )
+        finished = _callback_due(close_chunk(session=session, job_id=job_id, index=index, now=task.clock()))
+    _send_callback(finished)
     return "processed"
+
+
+def _send_callback(job_id: uuid.UUID | None) -> None:
+    # After the commit that finished the job; the watchdog covers a message that is lost.
+    if job_id is not None:
+        send_callback(job_id)
+
+
+def _run_in_slices(
+    job_id: uuid.UUID,
+    documents: Sequence[tuple[int, str]],
+    predict: Predict,
+    options: JobOptions,
+    model_version: int | None,
+    task: ChunkTask,
+) -> None:
+    """Run and record the documents a slice at a time, so the job's counters move within the chunk.
+
+    The documents go longest first (the engine pads per batch: a slice of similar lengths wastes as
+    little as the whole chunk in one call); a slice is sized to take about the progress interval,
+    between the engine's batch and NER_JOB_PROGRESS_DOCUMENTS.
+    """
+    settings = task.settings
+    ordered = sorted(documents, key=lambda doc: len(doc[1]), reverse=True)
+    most = settings.job_progress_documents
+    least = min(most, settings.engine_batch_size)
+    size = least
+    key = redact_key(settings) if options.redact is not None else b""
+    position = 0
+    while position < len(ordered):
+        part = ordered[position : position + size]
+        started = time.monotonic()
+        try:
+            outcomes = run_documents(predict, [text for _, text in part])
+        except SoftTimeLimitExceeded:
+            error = (
+                f"not processed: the time limit of its chunk ({settings.task_time_limit_s} s) was exceeded"
+            )
+            rest = ordered[position:]
+            with session_scope() as session:
+                record_slice(
+                    session=session,
+                    job_id=job_id,
+                    seqs=[seq for seq, _ in rest],
+                    outcomes=[Outcome(DocumentStatus.failed, error=error) for _ in rest],
+                    model_version=model_version,
+                    now=task.clock(),
+                )
+            return
+        if not options.is_default:
+            outcomes = [
+                _shaped(text, outcome, options, key)
+                for (_, text), outcome in zip(part, outcomes, strict=True)
+            ]
+        with session_scope() as session:
+            record_slice(
+                session=session,
+                job_id=job_id,
+                seqs=[seq for seq, _ in part],
+                outcomes=outcomes,
+                model_version=model_version,
+                now=task.clock(),
+            )
+        position += len(part)
+        elapsed = time.monotonic() - started
+        target = size * settings.job_progress_interval_s / elapsed if elapsed > 0 else most
+        size = max(least, min(most, int(target)))
+
+
+def _shaped(text: str, outcome: Outcome, options: JobOptions, key: bytes) -> Outcome:
+    """The outcome with the job's options applied (failed documents stay as they are)."""
+    if outcome.status != DocumentStatus.done:
+        return outcome
+    try:
+        entities, redacted = shape(text, outcome.entities, options, key=key)
+    except Exception as exc:  # a bug here fails the document, never the chunk
+        log.exception("applying the job's options failed")
+        return Outcome(DocumentStatus.failed, error=f"applying the job's options failed: {_describe(exc)}")
+    return Outcome(DocumentStatus.done, entities, redacted_text=redacted)
 
 
 def fail_remaining(
@@ -396,12 +535,15 @@ def fail_remaining(
     """Record every unprocessed document of a chunk as failed with ``error``; closes the chunk."""
     with session_scope() as session:
         documents = pending_documents(session=session, job_id=job_id, index=index)
-        record_results(
-            session=session,
-            job_id=job_id,
-            index=index,
-            seqs=[seq for seq, _ in documents],
-            outcomes=[Outcome(DocumentStatus.failed, error=error) for _ in documents],
-            model_version=model_version,
-            now=clock(),
+        finished = _callback_due(
+            record_results(
+                session=session,
+                job_id=job_id,
+                index=index,
+                seqs=[seq for seq, _ in documents],
+                outcomes=[Outcome(DocumentStatus.failed, error=error) for _ in documents],
+                model_version=model_version,
+                now=clock(),
+            )
         )
+    _send_callback(finished)

@@ -17,17 +17,21 @@ from shared.predict.schemas import ENTITY_FIELDS
 STREAM_PAGE_ROWS = 1000
 
 
-def _page_query(job_id: uuid.UUID, after_seq: int, limit: int):  # type: ignore[no-untyped-def]
+def _page_query(job_id: uuid.UUID, after_seq: int, limit: int, include_text: bool = False):  # type: ignore[no-untyped-def]
+    columns = [
+        JobResult.seq,
+        JobDocument.client_id,
+        JobResult.status,
+        JobResult.entities,
+        JobResult.error,
+        JobResult.model_version,
+        JobResult.processed_at,
+        JobResult.redacted_text,
+    ]
+    if include_text:  # only then: a page of long documents is mostly their text
+        columns.append(JobDocument.text)
     return (
-        select(
-            JobResult.seq,
-            JobDocument.client_id,
-            JobResult.status,
-            JobResult.entities,
-            JobResult.error,
-            JobResult.model_version,
-            JobResult.processed_at,
-        )
+        select(*columns)
         .join(JobDocument, (JobDocument.job_id == JobResult.job_id) & (JobDocument.seq == JobResult.seq))
         .where(JobResult.job_id == job_id, JobResult.seq > after_seq)
         .order_by(JobResult.seq)
@@ -36,11 +40,14 @@ def _page_query(job_id: uuid.UUID, after_seq: int, limit: int):  # type: ignore[
 
 
 def result_item(row: Row[Any]) -> dict[str, Any]:
-    """One result as the API shows it (the same in JSON pages and NDJSON lines)."""
+    """One result as the API shows it (the same in JSON pages and NDJSON lines).
+
+    ``text`` only when asked for (include_text), ``redacted_text`` only for a job that redacts.
+    """
     processed_at = row.processed_at
     if processed_at.tzinfo is None:  # SQLite: stored as UTC without an offset
         processed_at = processed_at.replace(tzinfo=UTC)
-    return {
+    item = {
         "id": row.client_id,
         "seq": row.seq,
         "status": row.status.value,
@@ -50,10 +57,15 @@ def result_item(row: Row[Any]) -> dict[str, Any]:
         "model_version": row.model_version,
         "processed_at": processed_at.isoformat().replace("+00:00", "Z"),
     }
+    if "text" in row._fields:
+        item["text"] = row.text
+    if row.redacted_text is not None:
+        item["redacted_text"] = row.redacted_text
+    return item
 
 
 def list_results(
-    *, session: Session, job_id: uuid.UUID, cursor: str | None, limit: int
+    *, session: Session, job_id: uuid.UUID, cursor: str | None, limit: int, include_text: bool = False
 ) -> tuple[list[dict[str, Any]], str | None]:
     """Processed documents in document order, after ``cursor``; returns them and the next cursor.
 
@@ -62,7 +74,7 @@ def list_results(
     after = -1
     if cursor:
         after = decode_seq_cursor(cursor)
-    rows = list(session.execute(_page_query(job_id, after, limit + 1)))
+    rows = list(session.execute(_page_query(job_id, after, limit + 1, include_text)))
     next_cursor = None
     if len(rows) > limit:
         rows = rows[:limit]
@@ -70,11 +82,13 @@ def list_results(
     return [result_item(row) for row in rows], next_cursor
 
 
-def iter_results(*, session: Session, job_id: uuid.UUID) -> Iterator[dict[str, Any]]:
+def iter_results(
+    *, session: Session, job_id: uuid.UUID, include_text: bool = False
+) -> Iterator[dict[str, Any]]:
     """Every processed document of the job, page by page (memory bounded by one page)."""
     after = -1
     while True:
-        rows = list(session.execute(_page_query(job_id, after, STREAM_PAGE_ROWS)))
+        rows = list(session.execute(_page_query(job_id, after, STREAM_PAGE_ROWS, include_text)))
         for row in rows:
             yield result_item(row)
         if len(rows) < STREAM_PAGE_ROWS:

@@ -9,6 +9,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.core.tables import Job, JobStatus
+from shared.jobs.options import RedactOption
+from shared.predict.options import OffsetEncoding, OutputOptions
 from shared.predict.schemas import Entity
 
 
@@ -41,12 +43,29 @@ class JobSubmission(BaseModel):
     retention_days: int | None = Field(
         default=None, ge=1, le=3650, description="Days the results are kept after the job finishes"
     )
+    offset_encoding: OffsetEncoding | None = OutputOptions.model_fields["offset_encoding"]
+    labels: list[str] | None = OutputOptions.model_fields["labels"]
+    exclude_labels: list[str] | None = OutputOptions.model_fields["exclude_labels"]
+    min_score: float | dict[str, float] | None = OutputOptions.model_fields["min_score"]
+    redact: RedactOption | None = Field(
+        default=None,
+        description="Store each document's text with its entities replaced (returned as redacted_text)",
+    )
+    callback_url: str | None = Field(
+        default=None,
+        description="POSTed {job_id, status, counts, results_url} when the job ends, signed "
+        "(X-NER-Signature); its host must be on the operator's NER_CALLBACK_HOSTS",
+    )
 
     @classmethod
     def openapi_schema(cls) -> dict[str, Any]:
         """The schema inlined (no $defs), for a route that reads its body itself."""
         schema = cls.model_json_schema()
         schema["properties"]["documents"]["items"] = DocumentIn.model_json_schema()
+        schema["properties"]["redact"] = {
+            **RedactOption.model_json_schema(),
+            "description": schema["properties"]["redact"].get("description", ""),
+        }
         schema.pop("$defs", None)
         return schema
 
@@ -55,6 +74,19 @@ class JobAccepted(BaseModel):
     job_id: uuid.UUID
     status: JobStatus
     status_url: str
+
+
+class CallbackAttempt(BaseModel):
+    at: datetime
+    status_code: int | None = Field(description="The receiver's HTTP status")
+    error: str | None = Field(description="Why no status came back (refused, timeout, connection)")
+
+
+class CallbackView(BaseModel):
+    url: str
+    state: str = Field(description="waiting (job running), pending, delivered, or failed (given up)")
+    delivered: bool
+    attempts: list[CallbackAttempt]
 
 
 class JobView(BaseModel):
@@ -67,7 +99,10 @@ class JobView(BaseModel):
     failed: int = Field(description="Documents that could not be processed (see their result's error)")
     percent: float = Field(description="Processed (done + failed) over total, 0-100")
     throughput: float | None = Field(description="Documents processed per second since the job started")
-    eta_seconds: float | None = Field(description="Estimated seconds until the job finishes")
+    rate: float | None = Field(
+        default=None, description="Documents per second lately (a moving average over about 30 s)"
+    )
+    eta_seconds: float | None = Field(description="Estimated seconds until the job finishes, at `rate`")
     eta: datetime | None = Field(description="Estimated time the job finishes")
     total_chars: int
     model_version: int | None = Field(description="The registry version pinned at submission")
@@ -79,6 +114,8 @@ class JobView(BaseModel):
     expires_at: datetime | None = Field(description="When the job and its results are deleted")
     status_url: str
     results_url: str
+    options: dict[str, Any] | None = Field(default=None, description="The job's options as validated")
+    callback: CallbackView | None = Field(default=None, description="The completion callback, if any")
 
 
 class JobPage(BaseModel):
@@ -94,6 +131,8 @@ class ResultItem(BaseModel):
     error: str | None
     model_version: int | None
     processed_at: datetime
+    text: str | None = Field(default=None, description="The document's text (with include_text=true)")
+    redacted_text: str | None = Field(default=None, description="The text redacted (the job's redact option)")
 
 
 class ResultPage(BaseModel):
@@ -119,8 +158,11 @@ def _utc(value: datetime | None) -> datetime | None:
     return value
 
 
-def job_view(job: Job, *, now: datetime | None = None) -> JobView:
-    """The job's state with percent, throughput and ETA derived from its counts and timestamps."""
+def job_view(job: Job, *, now: datetime | None = None, callback: dict[str, Any] | None = None) -> JobView:
+    """The job's state with percent, throughput and ETA derived from its counts and timestamps.
+
+    The ETA uses the job's moving rate (updated as chunks write their slices), else the average.
+    """
     now = now or datetime.now(UTC)
     started, finished = _utc(job.started_at), _utc(job.finished_at)
     processed = job.done + job.failed
@@ -130,8 +172,10 @@ def job_view(job: Job, *, now: datetime | None = None) -> JobView:
         elapsed = ((finished or now) - started).total_seconds()
         if elapsed > 0:
             throughput = round(processed / elapsed, 3)
-    if finished is None and job.status in (JobStatus.queued, JobStatus.running) and throughput:
-        eta_seconds = round((job.total - processed) / throughput, 1)
+    rate = round(job.rate, 3) if job.rate else None
+    speed = rate or throughput
+    if finished is None and job.status in (JobStatus.queued, JobStatus.running) and speed:
+        eta_seconds = round((job.total - processed) / speed, 1)
         eta = now + timedelta(seconds=eta_seconds)
     elif finished is not None:
         eta_seconds = 0.0
@@ -144,6 +188,7 @@ def job_view(job: Job, *, now: datetime | None = None) -> JobView:
         failed=job.failed,
         percent=percent,
         throughput=throughput,
+        rate=rate if finished is None else None,
         eta_seconds=eta_seconds,
         eta=eta,
         total_chars=job.total_chars,
@@ -156,4 +201,6 @@ def job_view(job: Job, *, now: datetime | None = None) -> JobView:
         expires_at=_utc(job.expires_at),
         status_url=status_url,
         results_url=f"{status_url}/results",
+        options=job.options,
+        callback=CallbackView.model_validate(callback) if callback else None,
     )

@@ -5,17 +5,19 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from sqlalchemy import false, func, insert, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from shared.core.config import Settings
-from shared.core.tables import Job, JobChunk, JobStatus
+from shared.core.tables import Job, JobChunk, JobStatus, ModelVersion
 from shared.jobs import lifecycle
+from shared.jobs.callbacks import check_callback_url
 from shared.jobs.cursors import decode_jobs_cursor, encode_cursor
 from shared.jobs.errors import (
     InvalidSubmission,
@@ -25,8 +27,10 @@ from shared.jobs.errors import (
     SubmissionTooLarge,
 )
 from shared.jobs.ingest import IncomingDocument
+from shared.jobs.options import parse_options
 from shared.jobs.store import ChunkPlanner, DocumentWriter
 from shared.keys.owner import Owner
+from shared.predict.options import entity_types
 from shared.registry import service as registry
 
 MAX_RETENTION_DAYS = 3650
@@ -89,18 +93,27 @@ def create_job(
     retention_days: int | None = None,
     idempotency_key: str | None = None,
     request_id: str | None = None,
+    options: Mapping[str, Any] | None = None,
 ) -> tuple[Job, bool]:
     """Store a job, its documents and its chunks in one transaction; returns (job, created).
 
     Documents are consumed as a stream and written in batches. Any error rolls everything back,
     so a rejected submission leaves nothing behind. With an ``idempotency_key`` seen before (for
-    this caller) the earlier job is returned and ``documents`` is not read.
+    this caller) the earlier job is returned and ``documents`` is not read. ``options``: the
+    submission's raw option fields (shared/jobs/options.py, ``callback_url``), checked here.
     """
     if retention_days is not None and not 1 <= retention_days <= MAX_RETENTION_DAYS:
         raise InvalidSubmission(f"retention_days: must be between 1 and {MAX_RETENTION_DAYS}")
     if idempotency_key is not None and not 1 <= len(idempotency_key) <= 200:
         raise InvalidSubmission("Idempotency-Key: must be 1 to 200 characters")
+    options = dict(options or {})
+    callback_url = options.pop("callback_url", None)
+    if callback_url is not None:
+        check_callback_url(callback_url, settings=settings)
     fingerprint = hashlib.sha256(f"retention:{retention_days}\n".encode())
+    if options or callback_url is not None:
+        # Only then: a submission without options keeps the fingerprint it always had.
+        fingerprint.update(json.dumps([options, callback_url], sort_keys=True, default=str).encode() + b"\n")
     documents = _fingerprinted(documents, fingerprint)
     try:
         if idempotency_key:
@@ -109,6 +122,7 @@ def create_job(
                 session.commit()
                 return _replayed(existing, documents, fingerprint), False
         model = resolve_model(session=session, settings=settings)
+        job_options = parse_options(options, settings=settings, known_types=_known_types(session, model))
         now = lifecycle.utcnow()
         retention = retention_days or settings.retention_days
         job = Job(
@@ -122,6 +136,8 @@ def create_job(
             request_id=request_id,
             created_at=now,
             expires_at=now + timedelta(days=retention),
+            options=job_options.stored(),
+            callback_url=callback_url,
         )
         session.add(job)
         session.flush()
@@ -160,6 +176,14 @@ def create_job(
         session.rollback()
         raise
     return job, True
+
+
+def _known_types(session: Session, model: PinnedModel) -> list[str] | None:
+    """The pinned version's entity types, when the registry recorded its labels (else unchecked)."""
+    if model.version is None:
+        return None
+    labels = session.scalar(select(ModelVersion.labels).where(ModelVersion.version == model.version))
+    return entity_types(labels) if labels else None
 
 
 def _fingerprinted(

@@ -144,6 +144,11 @@ def find_key(*, session: Session, ident: str) -> ApiKey:
     return row
 
 
+def key_name(*, session: Session, key_id: int) -> str:
+    """The name a key was created with (empty when none, or when the key is gone)."""
+    return session.scalar(select(ApiKey.name).where(ApiKey.id == key_id)) or ""
+
+
 def revoke_key(*, session: Session, ident: str) -> ApiKey:
     """Revoke the key named by id or prefix; revoking twice keeps the first time."""
     row = find_key(session=session, ident=ident)

@@ -5,6 +5,10 @@ a batch, which closes when it holds ``max_batch_size`` texts or ``max_wait_ms`` 
 wait applies once concurrent traffic shows, see ``_gather``). One batch runs at a time in a worker
 thread (the model already uses every core), and requests that arrive meanwhile form the next
 batch, so under load batches grow and throughput with them.
+
+Requests carry a ``key`` (the model version that answers them) and merge only with requests of
+the same key: a request pinned to another version runs in a batch of its own, with its own
+predict function, and never holds up or mixes into the active version's batches.
 """
 
 from __future__ import annotations
@@ -12,7 +16,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
@@ -30,6 +35,8 @@ PredictFn = Callable[[list[str]], tuple[Meta, list[Result]]]
 class _Item(Generic[Meta, Result]):
     texts: Sequence[str]
     future: asyncio.Future[tuple[Meta, list[Result]]]
+    key: Hashable = None  # items merge only with items of the same key
+    predict: PredictFn | None = None  # None: the batcher's own
 
 
 @dataclass
@@ -67,7 +74,9 @@ class MicroBatcher(Generic[Meta, Result]):
         self.max_wait_s = max_wait_ms / 1000
         self._on_batch = on_batch
         self._queue: asyncio.Queue[_Item[Meta, Result]] = asyncio.Queue()
-        self._carry: _Item[Meta, Result] | None = None
+        # Items taken from the queue but left for a later batch (another key, or too big to fit),
+        # in arrival order: they open the next batches before anything still queued.
+        self._held: deque[_Item[Meta, Result]] = deque()
         self._inflight: list[_Item[Meta, Result]] = []
         self._last_batch_requests = 0
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="predict")
@@ -83,7 +92,8 @@ class MicroBatcher(Generic[Meta, Result]):
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        waiting = [*self._inflight, *([self._carry] if self._carry is not None else [])]
+        waiting = [*self._inflight, *self._held]
+        self._held.clear()
         while not self._queue.empty():
             waiting.append(self._queue.get_nowait())
         for item in waiting:
@@ -91,29 +101,52 @@ class MicroBatcher(Generic[Meta, Result]):
                 item.future.set_exception(RuntimeError("the server is shutting down"))
         self._executor.shutdown(wait=False, cancel_futures=True)
 
-    async def submit(self, texts: Sequence[str]) -> tuple[Meta, list[Result]]:
-        """Predict ``texts`` as part of the next batch; raises whatever ``predict`` raised."""
+    async def submit(
+        self, texts: Sequence[str], *, key: Hashable = None, predict: PredictFn | None = None
+    ) -> tuple[Meta, list[Result]]:
+        """Predict ``texts`` as part of the next batch of ``key``; raises whatever ``predict`` raised.
+
+        ``predict`` (default: the batcher's own) answers the batch; every request of one key must
+        pass an equivalent one, since a batch runs with its first request's.
+        """
         if self._task is None or self._task.done():
             raise RuntimeError("the micro-batcher is not running")
         future: asyncio.Future[tuple[Meta, list[Result]]] = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Item(texts, future))
+        await self._queue.put(_Item(texts, future, key, predict))
         return await future
 
     async def _next_item(self) -> _Item[Meta, Result]:
-        if self._carry is not None:
-            item, self._carry = self._carry, None
-            return item
+        if self._held:
+            return self._held.popleft()
         return await self._queue.get()
 
+    def _take_held(self, key: Hashable, room: int) -> list[_Item[Meta, Result]]:
+        """Held items of ``key`` that fit in ``room`` texts, in order (the first that does not fit
+        stops the taking, so a key's requests keep their order); the others stay held."""
+        taken: list[_Item[Meta, Result]] = []
+        kept: deque[_Item[Meta, Result]] = deque()
+        full = False
+        for item in self._held:
+            if not full and item.key == key:
+                if len(item.texts) <= room:
+                    taken.append(item)
+                    room -= len(item.texts)
+                    continue
+                full = True
+            kept.append(item)
+        self._held = kept
+        return taken
+
     async def _gather(self) -> list[_Item[Meta, Result]]:
-        """One batch: wait for a first request, then for more until full or ``max_wait`` passed.
+        """One batch: wait for a first request, then for more of its key until full or ``max_wait`` passed.
 
         The wait only pays off under concurrent traffic: after a batch of a single request, the
         next one takes just what is already queued, so a lone caller never waits for company.
         Under load, requests queue up while the model runs and batches form on their own.
         """
-        items = [await self._next_item()]
-        count = len(items[0].texts)
+        first = await self._next_item()
+        items = [first, *self._take_held(first.key, self.max_batch_size - len(first.texts))]
+        count = sum(len(item.texts) for item in items)
         wait = self.max_wait_s if self._last_batch_requests > 1 else 0.0
         deadline = asyncio.get_running_loop().time() + wait
         while count < self.max_batch_size:
@@ -125,8 +158,11 @@ class MicroBatcher(Generic[Meta, Result]):
                     item = self._queue.get_nowait()  # past the deadline: take only what is there
             except (TimeoutError, asyncio.QueueEmpty):
                 break
+            if item.key != first.key:
+                self._held.append(item)  # another version's: it opens a later batch
+                continue
             if count + len(item.texts) > self.max_batch_size:
-                self._carry = item  # opens the next batch, so a large request is never split
+                self._held.append(item)  # opens a later batch, so a large request is never split
                 break
             items.append(item)
             count += len(item.texts)
@@ -146,7 +182,8 @@ class MicroBatcher(Generic[Meta, Result]):
                 self._on_batch(len(texts))
             self._inflight = items  # kept if stop() cancels us mid-call: it fails them
             try:
-                meta, results = await loop.run_in_executor(self._executor, self._predict, texts)
+                predict = items[0].predict or self._predict
+                meta, results = await loop.run_in_executor(self._executor, predict, texts)
             except Exception as exc:  # every waiting caller gets the error, the batcher goes on
                 self._inflight = []
                 for item in items:

@@ -49,3 +49,22 @@ class InvalidText(PredictError, ValueError):
     """A text that is not valid Unicode text (a lone surrogate, say); the message names it."""
 
     status_code = 422
+
+
+class UnknownLabel(PredictError, ValueError):
+    """A type in ``labels``, ``exclude_labels`` or ``min_score`` the serving model does not have;
+    the message names the field and the allowed values."""
+
+    status_code = 422
+
+
+class RedactionNotConfigured(PredictError):
+    """``hash`` redaction asked for while NER_REDACT_KEY is not set."""
+
+    status_code = 503
+
+
+class VersionNotLoadable(PredictError):
+    """A pinned ``model_version`` exists but its files do not load here; the message says why."""
+
+    status_code = 409

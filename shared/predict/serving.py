@@ -4,26 +4,33 @@ The gateway and the bulk workers share this. A background thread polls the regis
 ``model_poll_seconds`` and wakes at once on a Redis ``ACTIVE_CHANNEL`` message; a new active
 version is loaded beside the old one and swapped in by one reference assignment, so a request
 already holding the old engine finishes on it and no request waits for a load.
+
+A request may pin another registry version (``model_version``): ``load_version`` loads it in a
+thread of its own and keeps it in a small LRU of engines (NER_MODEL_CACHE_SIZE), so requests to
+the active version go on while it loads.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import redis
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from shared.artifacts.errors import ArtifactError
 from shared.core.config import Settings
+from shared.core.redis import wake_on_messages
 from shared.predict.engine.errors import ModelLoadError
-from shared.predict.errors import HOW_TO_GET_A_MODEL, ModelNotReady, NoModelAvailable
+from shared.predict.errors import HOW_TO_GET_A_MODEL, ModelNotReady, NoModelAvailable, VersionNotLoadable
 from shared.registry import service as registry
 from shared.registry.errors import CorruptVersion, VersionNotFound
 from shared.registry.notify import ACTIVE_CHANNEL
@@ -57,6 +64,11 @@ class ServedModel:
     ref: str
     engine: NerEngine
 
+    @property
+    def key(self) -> str:
+        """The model's name in caches and batches (``v3``, or ``ref:`` and NER_MODEL's folder)."""
+        return ModelRef(version=self.version, path=self.ref).key
+
     def describe(self) -> dict[str, object]:
         return {
             "version": self.version,
@@ -83,12 +95,12 @@ class ModelProvider:
         *,
         session_factory: Callable[[], Session] | None = None,
         loader: Callable[[str], NerEngine] | None = None,
-        max_cached: int = 3,
+        max_cached: int | None = None,
     ) -> None:
         self.settings = settings
         self._session_factory = session_factory
         self._loader = loader or _engine_loader(settings)
-        self._max_cached = max_cached
+        self._max_cached = max_cached if max_cached is not None else settings.model_cache_size
         self._cache: OrderedDict[str, ServedModel] = OrderedDict()
         self._cache_lock = threading.Lock()
         self._load_locks: dict[str, threading.Lock] = {}
@@ -102,6 +114,9 @@ class ModelProvider:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        # Pinned versions load here, one at a time: never in a request's thread or the batcher's.
+        self._pinned_loader: ThreadPoolExecutor | None = None
+        self._pinned_loads: dict[int, Future[ServedModel]] = {}
 
     # --- public API --------------------------------------------------------------------------
 
@@ -122,6 +137,9 @@ class ModelProvider:
         for thread in self._threads:
             thread.join(timeout=5)
         self._threads = []
+        if self._pinned_loader is not None:
+            self._pinned_loader.shutdown(wait=False, cancel_futures=True)
+            self._pinned_loader = None
 
     def active(self) -> ServedModel:
         """The model that answers now. Without background threads, resolves and loads on first use."""
@@ -149,6 +167,62 @@ class ModelProvider:
                 raise VersionNotFound(f"model version {version} does not exist")
             ref = ModelRef(version=row.version, path=row.path)
         return self._load(ref)
+
+    def loaded(self, version: int) -> ServedModel | None:
+        """A registry version if it is loaded (the active one or in the LRU); never loads, no database."""
+        active = self._active
+        if active is not None and active.version == version:
+            return active
+        key = ModelRef(version=version, path="").key  # a version's key does not depend on its folder
+        with self._cache_lock:
+            cached = self._cache.get(key)
+            if cached is not None:
+                self._cache.move_to_end(key)
+            return cached
+
+    def load_version(self, version: int) -> Future[ServedModel]:
+        """A pinned registry version, loaded in the background if needed (one load per version).
+
+        Raises VersionNotFound (404) at once for a version the registry does not have; the future
+        fails with VersionNotLoadable when its files do not load (tried again after a while).
+        """
+        served = self.loaded(version)
+        if served is not None:
+            done: Future[ServedModel] = Future()
+            done.set_result(served)
+            return done
+        with self._session() as session:
+            row = registry.get_version(session=session, version=version)
+            if row is None:
+                raise VersionNotFound(f"model_version: version {version} does not exist")
+            ref = ModelRef(version=row.version, path=row.path)
+        failed = self._failed.get(ref.key)
+        if failed and time.monotonic() - failed[0] < RETRY_FAILED_LOAD_S:
+            raise VersionNotLoadable(
+                f"model_version: version {version} does not load: {_for_callers(failed[1], ref)}"
+            )
+        with self._cache_lock:
+            pending = self._pinned_loads.get(version)
+            if pending is None:
+                if self._pinned_loader is None:
+                    self._pinned_loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-pinned")
+                pending = self._pinned_loader.submit(self._load_pinned, ref)
+                self._pinned_loads[version] = pending
+            return pending
+
+    def _load_pinned(self, ref: ModelRef) -> ServedModel:
+        try:
+            return self._load(ref)
+        except ModelLoadError as exc:
+            self._failed[ref.key] = (time.monotonic(), str(exc))
+            log.error("pinned %s does not load: %s", ref.key, exc)
+            raise VersionNotLoadable(
+                f"model_version: version {ref.version} does not load: {_for_callers(str(exc), ref)}"
+            ) from None
+        finally:
+            with self._cache_lock:
+                assert ref.version is not None
+                self._pinned_loads.pop(ref.version, None)
 
     def get_ref(self, path: str) -> ServedModel:
         """A model by folder or hub id, outside the registry (a job pinned while serving NER_MODEL)."""
@@ -276,9 +350,9 @@ class ModelProvider:
                 cached = self._cache.get(ref.key)
                 if cached is not None and cached.ref == ref.path:
                     return cached
-            _verify(ref)
+            folder = _verify(ref, self.settings)  # a stored version is fetched here, off the request path
             started = time.monotonic()
-            served = ServedModel(version=ref.version, ref=ref.path, engine=self._loader(ref.path))
+            served = ServedModel(version=ref.version, ref=ref.path, engine=self._loader(folder))
             log.info("loaded %s in %.1fs", ref.key, time.monotonic() - started)
             with self._cache_lock:
                 self._cache[ref.key] = served
@@ -339,35 +413,32 @@ class ModelProvider:
 
     def _listen(self) -> None:
         """Wake the watcher when a version is activated; polling covers Redis being down."""
-        backoff = 1.0
-        while not self._stop.is_set():
-            try:
-                client = redis.Redis.from_url(self.settings.redis_url, socket_connect_timeout=2)
-                pubsub = client.pubsub(ignore_subscribe_messages=True)
-                pubsub.subscribe(ACTIVE_CHANNEL)
-                backoff = 1.0
-                while not self._stop.is_set():
-                    if pubsub.get_message(timeout=1.0) is not None:
-                        self._wake.set()
-                pubsub.close()
-                client.close()
-            except (redis.RedisError, OSError):
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, 30.0)
+        wake_on_messages(self.settings.redis_url, ACTIVE_CHANNEL, wake=self._wake, stop=self._stop)
 
 
-def _verify(ref: ModelRef) -> None:
+def _verify(ref: ModelRef, settings: Settings) -> str:
     """Check a folder before anything deserialises it: a registry version against its manifest
-    (safetensors, hashes), a local NER_MODEL folder for pickle-only weights. Raises ModelLoadError."""
+    (safetensors, hashes; a version in the artifact store is fetched into this node's cache and
+    checked there), a local NER_MODEL folder for pickle-only weights. Returns the folder to load;
+    raises ModelLoadError."""
     if ref.version is not None:
         try:
-            registry.verify_folder(path=ref.path)
-        except CorruptVersion as exc:
+            return registry.verify_folder(path=ref.path, settings=settings)
+        except (CorruptVersion, ArtifactError) as exc:
             raise ModelLoadError(f"version {ref.version} failed verification: {exc}") from None
-        return
     folder = Path(ref.path)
     if folder.is_dir() and not (folder / "model.safetensors").is_file():
         raise ModelLoadError(f"{ref.path!r} has no model.safetensors; pickle weights are never loaded")
+    return ref.path
+
+
+# An absolute path in a load error (the node's cache folder of a fetched version, say).
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.:/])/[^\s'\"]+")
+
+
+def _for_callers(message: str, ref: ModelRef) -> str:
+    """A load error as any caller with a predict key may see it: no folder of this server in it."""
+    return _ABSOLUTE_PATH.sub("<folder>", _without_path(message, ref))[:500]
 
 
 def _without_path(message: str, ref: ModelRef) -> str:

@@ -25,3 +25,15 @@ class ActivationConflict(RegistryError):
     """Another activation won a race with this one; nothing of this one changed."""
 
     status_code = 409
+
+
+class ImportRefused(RegistryError):
+    """A model that cannot be imported (not found, not loadable, pickle-only); nothing was registered."""
+
+    status_code = 422
+
+
+class ImportUnavailable(RegistryError):
+    """This process cannot check a model (it loads none); another one can."""
+
+    status_code = 503

@@ -4,8 +4,9 @@ A candidate is judged on the operator's fixed gate set (``NER_GATE_DATA``), neve
 caller chose: the candidate and the active version are both scored on it, through the engine, by
 the same scorer. The scorer is a seam (``GateSet.score``) the trainer passes in, since the registry
 imports no torch. Auto-promotion needs the candidate at least as good overall and no entity type
-worse by more than ``type_margin``; a run from its own base model, or a registry without a gate set,
-leaves the candidate for an admin to activate.
+worse by more than ``type_margin``; a run from its own base model, a registry without a gate set, or
+an empty registry (unless the operator's bootstrap run or NER_GATE_PROMOTE_FIRST=true) leaves the
+candidate for an admin to activate.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from shared.core.tables import ModelVersion
+from shared.core.tables import ModelVersion, TrainingRun
 from shared.registry.errors import RegistryError
 from shared.registry.service import get_active
 
@@ -90,6 +91,18 @@ def active_score(*, active: ModelVersion, gate_set: GateSet) -> Report:
     return score
 
 
+def _is_bootstrap(session: Session, candidate: ModelVersion) -> bool:
+    """Whether the candidate came from the bootstrap run the service itself queued (no caller's key).
+
+    ``shared.training.bootstrap`` marks that run's params with ``bootstrap``; a request cannot set it
+    (unknown parameters are refused), and its data is the operator's NER_BOOTSTRAP_DATA.
+    """
+    if candidate.training_run_id is None:
+        return False
+    run = session.get(TrainingRun, candidate.training_run_id)
+    return run is not None and run.api_key_id is None and bool((run.params or {}).get("bootstrap"))
+
+
 def decide(
     *,
     session: Session,
@@ -98,8 +111,12 @@ def decide(
     gate_set: GateSet | None = None,
     type_margin: float = 0.02,
     default_base_model: str | None = None,
+    promote_first: bool = False,
 ) -> Decision:
-    """The gate's decision on ``candidate`` under ``policy`` (``f1``: judge on the gate set; ``never``)."""
+    """The gate's decision on ``candidate`` under ``policy`` (``f1``: judge on the gate set; ``never``).
+
+    ``promote_first`` (NER_GATE_PROMOTE_FIRST) lets a candidate of an empty registry go live.
+    """
     if policy not in ("f1", "never"):
         raise RegistryError(f"unknown promote policy {policy!r}")
     own_score = None
@@ -118,14 +135,24 @@ def decide(
             log.exception("scoring the active version %s on the gate set failed", active.version)
     if policy == "never":
         return Decision(HELD, "promote policy is 'never': left as a candidate", own_score, theirs)
-    if active is None:
-        return Decision(PROMOTED, "no active version", own_score)
     if default_base_model is not None and candidate.base_model != default_base_model:
         return Decision(
             HELD,
             "trained from its own base model: left as a candidate for an admin to activate",
             own_score,
             theirs,
+        )
+    if active is None:
+        # Nothing to compare with: a first version goes live only when the operator chose it.
+        if promote_first:
+            return Decision(PROMOTED, "no active version (NER_GATE_PROMOTE_FIRST=true)", own_score)
+        if _is_bootstrap(session, candidate):
+            return Decision(PROMOTED, "no active version: the operator's bootstrap run", own_score)
+        return Decision(
+            HELD,
+            "no active version to compare with: left as a candidate for an admin to activate "
+            "(NER_GATE_PROMOTE_FIRST=true promotes a first version)",
+            own_score,
         )
     if own_score is None:
         return Decision(HELD, "no gate set (NER_GATE_DATA): left as a candidate for an admin")

@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from shared.core.tables import ModelVersion, VersionStatus
 
@@ -121,3 +121,18 @@ def version_detail(row: ModelVersion) -> ModelVersionDetail:
 def version_list(rows: list[ModelVersion]) -> ModelVersionList:
     active = next((row.version for row in rows if row.status == VersionStatus.active), None)
     return ModelVersionList(active=active, versions=[version_view(row) for row in rows])
+
+
+class ImportRequest(BaseModel):
+    """``POST /models/import``: a model folder (inside the data folders) or a Hub id becomes a version."""
+
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"source": "dslim/bert-base-NER", "activate": False}]}
+    )
+
+    source: str = Field(
+        min_length=1,
+        max_length=1000,
+        description="A model folder under NER_DATA_ROOTS or a Hugging Face model id (owner/name).",
+    )
+    activate: bool = Field(default=False, description="Make it the active version once registered.")

@@ -9,6 +9,10 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from shared.artifacts.errors import ArtifactCorrupt, ArtifactMissing
+from shared.artifacts.store import open_store
+from shared.artifacts.versions import fetch_version, is_store_uri
+from shared.core.config import Settings, get_settings
 from shared.core.tables import ModelVersion, VersionStatus
 from shared.registry.errors import ActivationConflict, CorruptVersion, VersionNotFound
 from shared.registry.manifest import validate_version_folder
@@ -70,7 +74,7 @@ def register_version(
     return row
 
 
-def activate(*, session: Session, version: int) -> ModelVersion:
+def activate(*, session: Session, version: int, settings: Settings | None = None) -> ModelVersion:
     """Make ``version`` the only active version; the previous one is retired.
 
     The folder is checked first (safetensors weights, manifest hashes): a missing, tampered or
@@ -82,7 +86,7 @@ def activate(*, session: Session, version: int) -> ModelVersion:
     if target is None:
         raise VersionNotFound(f"model version {version} does not exist")
     try:
-        validate_version_folder(target.path)
+        verify_folder(path=target.path, settings=settings)
     except CorruptVersion as exc:
         raise CorruptVersion(f"version {version}: {exc}; the active version is unchanged") from None
     if target.status == VersionStatus.active:
@@ -111,9 +115,34 @@ def activate(*, session: Session, version: int) -> ModelVersion:
     return target
 
 
-def verify_folder(*, path: str) -> None:
-    """Raise CorruptVersion unless ``path`` is a servable version folder (what loaders check)."""
-    validate_version_folder(path)
+def verify_folder(*, path: str, settings: Settings | None = None) -> str:
+    """The local folder of a version's ``path``, checked: CorruptVersion unless it is servable.
+
+    A folder is checked in place. A URI of the artifact store (NER_ARTIFACTS_URL) is fetched into
+    this node's cache first (every file compared with the manifest the registry pinned; a cached
+    copy that no longer passes is fetched again once). A tampered or missing object is a
+    CorruptVersion (409); a store that does not answer raises ArtifactUnavailable (503).
+    """
+    if not is_store_uri(path):
+        validate_version_folder(path)
+        return path
+    settings = settings or get_settings()
+    assert settings.artifacts_cache_dir is not None  # derived by Settings
+    store = open_store(settings)
+    for refresh in (False, True):
+        try:
+            folder = fetch_version(
+                store=store, uri=path, cache_dir=settings.artifacts_cache_dir, refresh=refresh
+            )
+        except (ArtifactCorrupt, ArtifactMissing) as exc:
+            raise CorruptVersion(str(exc)) from None
+        try:
+            validate_version_folder(folder)
+            return str(folder)
+        except CorruptVersion:
+            if refresh:
+                raise
+    raise AssertionError("unreachable")
 
 
 def record_load_error(*, session: Session, version: int, error: str | None) -> None:
@@ -142,9 +171,12 @@ def fallback_versions(*, session: Session, exclude: int | None) -> list[ModelVer
     return list(session.scalars(query))
 
 
-def promote(*, session: Session, version: int, redis_url: str) -> ModelVersion:
-    """Activate ``version``, commit, and announce it."""
-    row = activate(session=session, version=version)
+def promote(
+    *, session: Session, version: int, redis_url: str, settings: Settings | None = None
+) -> ModelVersion:
+    """Activate ``version``, commit, and announce it (``settings``: the node's artifact store, else
+    the process's)."""
+    row = activate(session=session, version=version, settings=settings)
     session.commit()
     notify_active(redis_url=redis_url, version=version)
     return row

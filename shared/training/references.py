@@ -6,7 +6,7 @@ No ``datasets`` or torch here: the gateway validates ``POST /train`` requests wi
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,6 +50,11 @@ class DataSpec:
 # parts, no absolute paths, no further separators). The base-model check accepts a bare name too.
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 HUB_DATASET_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
+# A Hub base model named by a request is pinned to one commit: ``owner/name@<40-hex commit sha>``
+# (``name@<sha>`` for the Hub's old unprefixed ids). A branch or tag could be moved under the run.
+HUB_MODEL_PINNED = re.compile(
+    r"^(?P<repo>[A-Za-z0-9][\w.-]{0,95}(?:/[A-Za-z0-9][\w.-]{0,95})?)@(?P<revision>[0-9a-f]{40})$"
+)
 _DATA_SUFFIXES = {".conll", ".conllu", ".txt", ".iob", ".bio", ".tsv", ".jsonl", ".json", ".ndjson"}
 
 
@@ -131,3 +136,109 @@ def split_files(folder: Path) -> dict[str, Path]:
             f"{folder}: no training file (expected a name like train.conll, eng.train, train.jsonl)"
         )
     return {key: paths[0] for key, paths in found.items() if paths}
+
+
+# --- Hub base models: a pinned revision and a size cap, checked before anything is downloaded -------
+
+# What from_pretrained never fetches for a PyTorch model: other frameworks' weights and exports.
+_OTHER_FORMATS = (".h5", ".msgpack", ".onnx", ".onnx_data", ".ot", ".tflite", ".gguf", ".mlmodel")
+_OTHER_FOLDERS = ("onnx/", "openvino/", "coreml/", "tflite/")
+
+# huggingface_hub.HfApi().model_info's call shape; tests pass a fake one (the Hub cannot be reached).
+ModelInfo = Callable[..., Any]
+
+
+class HubUnreachable(Exception):
+    """The Hub did not answer (offline, DNS, 5xx): the size could not be checked."""
+
+
+@dataclass(frozen=True)
+class HubModelRef:
+    """A pinned Hub model: repository id and commit."""
+
+    repo_id: str
+    revision: str
+
+    @classmethod
+    def parse(cls, value: str) -> HubModelRef | None:
+        """The pinned reference in ``owner/name@<sha>``, or None when the value is not one."""
+        match = HUB_MODEL_PINNED.match(value)
+        return cls(match["repo"], match["revision"]) if match else None
+
+    def __str__(self) -> str:
+        return f"{self.repo_id}@{self.revision}"
+
+
+def download_bytes(files: Sequence[tuple[str, int | None]]) -> int | None:
+    """Bytes from_pretrained may fetch from a repository listing; None if a size is unknown.
+
+    Other frameworks' files are left out; pickle weights too where safetensors exist (those win).
+    """
+    names = [name for name, _ in files]
+    has_safetensors = any(name.endswith(".safetensors") for name in names)
+    total = 0
+    for name, size in files:
+        if name.endswith(_OTHER_FORMATS) or name.startswith(_OTHER_FOLDERS):
+            continue
+        if has_safetensors and name.endswith((".bin", ".pt", ".pth", ".ckpt")):
+            continue
+        if size is None:
+            return None
+        total += size
+    return total
+
+
+def _hub_listing(ref: HubModelRef, *, model_info: ModelInfo | None) -> list[tuple[str, int | None]]:
+    # Only the listing's metadata is fetched (one API call), never a file.
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    fetch = model_info or HfApi().model_info
+    try:
+        info = fetch(ref.repo_id, revision=ref.revision, files_metadata=True, timeout=10)
+    except GatedRepoError:
+        raise DataError(f"base_model: {ref}: a gated model; the trainer has no access to it") from None
+    except (RepositoryNotFoundError, RevisionNotFoundError):
+        raise DataError(f"base_model: {ref}: no such model or revision on the Hugging Face Hub") from None
+    except HfHubHTTPError as exc:
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+        if status is not None and 400 <= status < 500 and status not in (401, 429):
+            raise DataError(f"base_model: {ref}: refused by the Hugging Face Hub ({status})") from None
+        raise HubUnreachable(str(ref)) from None
+    except Exception:  # network errors of the HTTP client, offline mode
+        raise HubUnreachable(str(ref)) from None
+    return [(sibling.rfilename, sibling.size) for sibling in (info.siblings or [])]
+
+
+def check_hub_base_model(
+    ref: HubModelRef, *, max_bytes: int, model_info: ModelInfo | None = None, unreachable_ok: bool = False
+) -> int | None:
+    """Refuse (422) a pinned Hub model larger than max_bytes (NER_BASE_MODEL_MAX_BYTES), or unknown.
+
+    Returns the size in bytes. ``unreachable_ok`` (the gateway) returns None when the Hub
+    does not answer: the trainer checks again before it downloads anything, and refuses then.
+    """
+    try:
+        files = _hub_listing(ref, model_info=model_info)
+    except HubUnreachable:
+        if unreachable_ok:
+            return None
+        raise DataError(
+            f"base_model: {ref}: the Hugging Face Hub cannot be reached to check its size "
+            "(NER_BASE_MODEL_MAX_BYTES) before downloading"
+        ) from None
+    size = download_bytes(files)
+    if size is None:
+        raise DataError(f"base_model: {ref}: the Hub does not list its file sizes; refused unchecked")
+    if not files:
+        raise DataError(f"base_model: {ref}: the repository holds no files at that revision")
+    if size > max_bytes:
+        raise DataError(
+            f"base_model: {ref} is {size:,} bytes, over the limit NER_BASE_MODEL_MAX_BYTES={max_bytes:,}"
+        )
+    return size

@@ -23,7 +23,15 @@ from shared.training.errors import (
     RunQuotaExceeded,
 )
 from shared.training.params import TrainParams
-from shared.training.references import HUB_ID, DataSpec, check_references, resolve_local
+from shared.training.references import (
+    HUB_ID,
+    DataSpec,
+    HubModelRef,
+    ModelInfo,
+    check_hub_base_model,
+    check_references,
+    resolve_local,
+)
 
 TRAIN_TASK = "ner.train.run"
 FINISHED = (RunStatus.succeeded, RunStatus.failed, RunStatus.cancelled)
@@ -40,23 +48,48 @@ def allowed_roots(settings: Settings) -> list[Path]:
     return roots
 
 
-def check_base_model(base_model: str, *, settings: Settings) -> None:
-    """A base model is the configured one, a hub id, or a folder under the data roots or artifacts.
+def check_base_model(base_model: str, *, settings: Settings, require_pin: bool = True) -> None:
+    """A base model is the configured one, a pinned hub id, or a folder under the data roots or artifacts.
 
     Any other local path is refused: a request must not make the trainer read arbitrary folders.
     """
-    if base_model == settings.base_model or base_model in settings.base_model_allow:
-        return  # the operator's own choices
+    if base_model == settings.base_model:
+        return  # the operator's own choice
+    if HubModelRef.parse(base_model):
+        return  # a pinned Hugging Face model (its size: check_base_model_size)
     path = Path(base_model).expanduser()
     local = path.is_absolute() or base_model.startswith((".", "~")) or ".." in path.parts
-    if not local and HUB_ID.match(base_model) and not path.exists():
-        return  # a Hugging Face model id
+    if not local and HUB_ID.match(base_model.split("@", 1)[0]) and not path.exists():
+        if not require_pin:
+            return
+        # Also on NER_BASE_MODEL_ALLOW: a moving branch could swap the weights under the operator.
+        raise DataError(
+            f"base_model: {base_model!r}: a Hugging Face model id needs a pinned revision, "
+            "'owner/name@<40-hex commit sha>'"
+        )
+    if base_model in settings.base_model_allow:
+        return  # an operator's local folder
     resolved = path.resolve()
     allowed = [*allowed_roots(settings), settings.artifacts_dir]
     if not any(resolved == root or resolved.is_relative_to(root) for root in allowed):
         raise DataError(
             f"base_model: {base_model!r} is neither a Hugging Face model id nor a folder inside "
             "NER_DATA_ROOTS or NER_ARTIFACTS_DIR"
+        )
+
+
+def check_base_model_size(
+    base_model: str | None, *, settings: Settings, model_info: ModelInfo | None = None
+) -> None:
+    """A pinned Hub base model must list at most NER_BASE_MODEL_MAX_BYTES (422), asked before download.
+
+    A Hub that does not answer here lets the request through: the trainer asks again before it
+    downloads anything and fails the run then.
+    """
+    ref = HubModelRef.parse(base_model or "")
+    if ref is not None and base_model != settings.base_model:
+        check_hub_base_model(
+            ref, max_bytes=settings.base_model_max_bytes, model_info=model_info, unreachable_ok=True
         )
 
 
@@ -148,14 +181,19 @@ def start_run(
     base_model: str | None,
     owner: Owner,
     request_id: str | None,
+    model_info: ModelInfo | None = None,
 ) -> TrainingRun:
     """Check a request, store the run and queue it; a broker that is down fails the run (503)."""
     from kombu.exceptions import OperationalError as KombuOperationalError
 
     params = TrainParams(**{"loss": settings.train_loss, **overrides})
     if base_model:
-        check_base_model(base_model, settings=settings)  # a path outside the roots: 422 for anyone
-    check_base_model_allowed(base_model, settings=settings, owner=owner)
+        # A path outside the roots: 422 for anyone; then 403 for a key that may not choose; then
+        # a Hub id without a pinned commit (422) and one too large (422).
+        check_base_model(base_model, settings=settings, require_pin=False)
+        check_base_model_allowed(base_model, settings=settings, owner=owner)
+        check_base_model(base_model, settings=settings)
+        check_base_model_size(base_model, settings=settings, model_info=model_info)
     spec = DataSpec.parse(data)
     check_references(spec, roots=allowed_roots(settings), allow_hub=settings.allow_hub_data)
     check_upload_owner(spec, session=session, settings=settings, owner=owner)

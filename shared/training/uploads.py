@@ -3,11 +3,16 @@
 Each upload belongs to the key that sent it (a row in ``training_uploads``): only that key (or an
 admin) may reference it, it counts against the key's quota (NER_TRAIN_UPLOAD_QUOTA_BYTES), and
 the clean-up schedule deletes it after NER_TRAIN_UPLOAD_RETENTION_DAYS.
+
+With a remote artifact store (NER_ARTIFACTS_URL) the file is also stored there, under
+``uploads/<id>/<name>``, and a trainer on another host fetches it to the same path under its own
+uploads folder before training (``fetch_uploads``), checked against the sha256 recorded here.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import shutil
 import uuid
@@ -19,10 +24,16 @@ from typing import BinaryIO
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
+from shared.artifacts.errors import ArtifactError, ArtifactMissing
+from shared.artifacts.store import UPLOADS_PREFIX, open_store
+from shared.artifacts.versions import sha256_file
 from shared.core.config import Settings
 from shared.core.tables import TrainingUpload, utcnow
 from shared.keys.owner import Owner
-from shared.training.errors import UploadQuotaExceeded, UploadRejected, UploadTooLarge
+from shared.training.errors import DataError, UploadQuotaExceeded, UploadRejected, UploadTooLarge
+from shared.training.references import DataSpec
+
+log = logging.getLogger(__name__)
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -80,6 +91,9 @@ def store_upload(
                 handle.write(chunk)
         if size == 0:
             raise UploadRejected(f"{name}: the uploaded file is empty")
+        store = open_store(settings)
+        if not store.is_local:  # trainers on other hosts read it from the store
+            store.put_file(_object_key(target.relative_to(settings.uploads_dir)), target)
         session.add(
             TrainingUpload(
                 api_key_id=owner.key_id,
@@ -92,6 +106,7 @@ def store_upload(
         session.commit()
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
+        _delete_stored(settings, folder.name)
         raise
     return StoredUpload(path=target, bytes=size, sha256=digest.hexdigest())
 
@@ -129,7 +144,59 @@ def purge_expired_uploads(*, session: Session, settings: Settings, now: datetime
         folder = (uploads / row.path).parent.resolve()
         if folder.is_relative_to(uploads) and folder != uploads:
             shutil.rmtree(folder, ignore_errors=True)
+            _delete_stored(settings, folder.name)
     if rows:
         session.execute(delete(TrainingUpload).where(TrainingUpload.id.in_([row.id for row in rows])))
         session.commit()
     return len(rows)
+
+
+def _object_key(relative: Path) -> str:
+    return f"{UPLOADS_PREFIX}/{relative.as_posix()}"
+
+
+def _delete_stored(settings: Settings, folder_name: str) -> None:
+    """Remove an upload's objects from a remote store (nothing to do for the folder store)."""
+    store = open_store(settings)
+    if not store.is_local:
+        try:
+            store.delete_prefix(f"{UPLOADS_PREFIX}/{folder_name}")
+        except ArtifactError as exc:  # a failed upload or the purge must not fail on the store's account
+            log.warning("could not delete upload %s from the artifact store: %s", folder_name, exc)
+
+
+def fetch_uploads(*, session: Session, settings: Settings, spec: DataSpec) -> list[Path]:
+    """Bring the uploads a run references onto this host (a trainer that shares no disk with the
+    gateway that received them), each checked against its recorded sha256; returns those fetched.
+
+    References that are not uploads, or uploads already here, are left alone.
+    """
+    store = open_store(settings)
+    if store.is_local:
+        return []
+    uploads = settings.uploads_dir.resolve()
+    fetched = []
+    for key, ref in spec.as_dict().items():
+        path = Path(ref).expanduser()
+        if not path.is_absolute():
+            path = uploads.parent / path  # uploads are referenced relative to the first data root too
+        path = path.resolve()
+        if not path.is_relative_to(uploads) or path == uploads or path.exists():
+            continue
+        relative = path.relative_to(uploads).as_posix()
+        row = session.scalar(select(TrainingUpload).where(TrainingUpload.path == relative))
+        if row is None:
+            continue  # not an upload: the data loader reports the missing file
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.partial")
+        try:
+            store.get_file(_object_key(Path(relative)), partial)
+            if sha256_file(partial) != row.sha256:
+                raise DataError(f"data.{key}: the stored upload does not match its checksum; upload it again")
+            partial.replace(path)
+        except ArtifactMissing:
+            raise DataError(f"data.{key}: the upload is no longer in the artifact store") from None
+        finally:
+            partial.unlink(missing_ok=True)
+        fetched.append(path)
+    return fetched

@@ -30,6 +30,8 @@ from tests.support.services import create_database, drop_database
 TABLES = {
     "api_keys", "jobs", "job_documents", "job_results", "job_chunks",
     "training_runs", "training_epochs", "model_versions", "training_uploads",
+    "job_callback_attempts", "job_reruns", "shadow_configs", "shadow_stats", "shadow_samples",
+    "artifact_chunks",
 }  # fmt: skip
 
 
@@ -201,6 +203,8 @@ def test_up_runs_the_whole_stack_on_embedded_defaults(tmp_path: Path, log_dir: P
         assert "predates the releases that fixed" in stack.log()
         assert stat.S_IMODE((tmp_path / "state").stat().st_mode) == 0o700
         assert stat.S_IMODE((tmp_path / "state" / "ner.db").stat().st_mode) == 0o600
+        # The trainer (a worker on its own queue) starts slowest: all four have spoken before the stop.
+        wait_until(lambda: "trainer " in stack.log(), 120, "the trainer", stack)
         os.killpg(stack.pid, signal.SIGINT)
         stack.process.wait(timeout=60)
         assert not stack.alive()

@@ -321,13 +321,12 @@ def test_the_lock_pins_every_dependency_with_hashes(lock: str) -> None:
 def test_torch_and_the_base_encoder_are_pinned_where_they_are_installed() -> None:
     problems = Problems()
     cpu_torch = _requirements("cpu.lock").get("torch", ("", []))[0]
-    makefile_torch = re.search(r"TORCH\s*\?=\s*torch==(\S+)", (ROOT / "Makefile").read_text())
+    # `make install` installs torch from test.lock (--require-hashes): the image's CPU build.
+    test_torch = _requirements("test.lock").get("torch", ("", []))[0]
     if not cpu_torch.endswith("+cpu"):
         problems.append(f"deploy/requirements/cpu.lock: torch {cpu_torch!r} is not the CPU build")
-    if makefile_torch is None or cpu_torch.split("+")[0] != makefile_torch[1]:
-        problems.append(
-            f"Makefile pins torch {makefile_torch and makefile_torch[1]!r}, cpu.lock {cpu_torch!r}"
-        )
+    if test_torch != cpu_torch:
+        problems.append(f"test.lock (the Makefile's) pins torch {test_torch!r}, cpu.lock {cpu_torch!r}")
     cuda_torch = Dockerfile.read("deploy/Dockerfile.cuda").args().get("TORCH_VERSION")
     if cuda_torch != cpu_torch.split("+")[0]:
         problems.append(f"deploy/Dockerfile.cuda: TORCH_VERSION {cuda_torch!r}, cpu.lock has {cpu_torch!r}")

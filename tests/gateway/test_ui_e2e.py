@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import signal
 import tempfile
 import uuid
@@ -151,11 +153,12 @@ def open_ui(browser: Browser, ui: UiStack, key: str | None = None, tab: str = "t
     errors: list[str] = []
     page.on("pageerror", lambda error: errors.append(str(error)))
     page.js_errors = errors  # type: ignore[attr-defined]
-    page.goto(f"{ui.base_url}/#{tab}")
+    page.goto(f"{ui.base_url}/#/{tab}")
     expect(page.locator("body")).to_have_attribute("data-ready", "true")
     page.fill("#api-key", key or ui.admin_key)
     page.click("#key-form button[type=submit]")
-    expect(page.locator("#key-state")).to_contain_text("kept for this tab")
+    # The key is checked on save (GET /keys/me): its name and scopes are shown.
+    expect(page.locator("#key-state")).to_contain_text("ui-admin" if key in (None, ui.admin_key) else "ui-")
     return page
 
 
@@ -201,15 +204,15 @@ def test_try_it_highlights_the_prototype_sentence(browser: Browser, ui: UiStack)
     answer = ui.api("POST", "/predict/", json={"text": SENTENCE}).json()
     expect(page.locator("#entity-tooltip")).to_have_text(f"PER · score {answer['entities'][1]['score']:.3f}")
     version = answer["model_version"]
-    expect(page.locator("#try-version")).to_contain_text(f"version {version}" if version else "NER_MODEL")
+    expect(page.locator("#try-version")).to_contain_text(
+        f"version {version}" if version else "the configured model"
+    )
     page.screenshot(path=ui.log_dir / "ui-try-it.png", full_page=True)
 
-    # An API error is shown with the API's own message (422 naming the field), not swallowed.
+    # Nothing to send: the button is disabled and says why (no request, no API message).
     page.fill("#try-text", "")
-    page.click("#try-run")
-    expect(page.locator("#try-error")).to_be_visible()
-    expect(page.locator("#try-error")).to_contain_text("422")
-    expect(page.locator("#try-error")).to_contain_text("text")
+    expect(page.locator("#try-run")).to_be_disabled()
+    expect(page.locator("#try-hint")).to_be_visible()
     close(page)
 
 
@@ -234,8 +237,11 @@ def test_try_it_with_a_long_pasted_article(browser: Browser, ui: UiStack) -> Non
     oversized = article + "\n\n" + article[: PREDICT_MAX_CHARS - len(article)]
     page.fill("#try-text", oversized)
     page.click("#try-run")
-    expect(page.locator("#try-error")).to_contain_text("413")
-    expect(page.locator("#try-error")).to_contain_text(f"{PREDICT_MAX_CHARS:,}")
+    expect(page.locator("#try-error")).to_have_attribute("data-status", "413")
+    expect(page.locator("#try-error")).to_contain_text(f"at most {PREDICT_MAX_CHARS:,}")
+    expect(page.locator("#try-error")).not_to_contain_text("NER_")
+    # The previous answer is not left under the error as if it were this text's.
+    expect(page.locator("#try-result")).to_be_hidden()
     page.click("#try-as-job")
     expect(page.locator("#panel-jobs")).to_be_visible()
     expect(page.locator("#job-view")).to_be_visible()
@@ -333,8 +339,9 @@ def test_train_form_starts_a_run_watched_epoch_by_epoch(
     # A reference outside the data roots: the API's 422 message is shown, nothing starts.
     page.fill("#train-train", "/etc/passwd")
     page.click("#train-submit")
-    expect(page.locator("#train-form-error")).to_contain_text("422")
+    expect(page.locator("#train-form-error")).to_have_attribute("data-status", "422")
     expect(page.locator("#train-form-error")).to_contain_text("/etc/passwd")
+    expect(page.locator("#train-form-error")).not_to_contain_text("NER_")
 
     # Uploads: stored by POST /train/uploads, then referenced by the run the form starts.
     page.check("input[name=train-source][value=upload]")
@@ -396,12 +403,18 @@ def test_train_form_starts_a_run_watched_epoch_by_epoch(
     expect(page.locator("#run-cancel")).to_be_disabled()
     page.screenshot(path=ui.log_dir / "ui-train.png", full_page=True)
 
-    # Another run, cancelled from the page while it is queued.
+    # Another run, cancelled from the page while it is queued (after a confirmation).
+    dialogs: list[str] = []
+    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.accept()))
     page.click("#train-submit")
     expect(page.locator("#run-id")).not_to_have_text(str(run_id))
     expect(page.locator("#run-status")).to_have_text("queued")
     page.click("#run-cancel")
     expect(page.locator("#run-status")).to_have_text("cancelled")
+    assert dialogs and "Cancel training run" in dialogs[0]
+    expect(page.locator("#toasts")).to_contain_text("Cancelling run")
+    # A run cancelled before any epoch says so instead of "no data yet".
+    expect(page.locator("#run-no-epochs")).to_contain_text("cancelled")
     close(page)
 
 
@@ -481,14 +494,17 @@ def test_models_table_marks_the_active_version_and_rolls_back(
     # A key without the admin scope: the API's 403 is shown and nothing changes.
     page.fill("#api-key", ui.train_key)
     page.click("#key-form button[type=submit]")
-    # Saving a key reloads the list, which clears the error box: let that finish before activating.
+    # Saving a key checks it and clears the error boxes: let that finish before activating.
+    expect(page.locator("#key-state")).to_contain_text("ui-train")
     page.wait_for_load_state("networkidle")
     older_row.locator("button[data-action=activate]").click()
-    expect(page.locator("#models-error")).to_contain_text("403")
+    expect(page.locator("#models-error")).to_have_attribute("data-status", "403")
+    expect(page.locator("#models-error")).to_contain_text('"admin"')
     assert ui.api("GET", "/models").json()["active"] == newer
     # With the admin key the roll-back happens.
     page.fill("#api-key", ui.admin_key)
     page.click("#key-form button[type=submit]")
+    expect(page.locator("#key-state")).to_contain_text("ui-admin")
     page.wait_for_load_state("networkidle")
     older_row.locator("button[data-action=activate]").click()
     expect(page.locator("#models-table tbody tr[data-active=true]")).to_have_attribute(
@@ -496,4 +512,368 @@ def test_models_table_marks_the_active_version_and_rolls_back(
     )
     expect(page.locator("#models-error")).to_be_hidden()
     assert ui.api("GET", "/models").json()["active"] == older
+    close(page)
+
+
+# ---- issue 20: one test per problem a demanding user found ------------------------------------
+
+
+def _worker(ui: UiStack) -> None:
+    if not any(p.name.startswith("worker") and p.alive() for p in ui.processes):
+        ui.start_worker()
+
+
+def _finished_job(ui: UiStack, documents: list[dict[str, str]]) -> str:
+    job_id = ui.api("POST", "/jobs", json={"documents": documents}).json()["job_id"]
+    wait_until(lambda: ui.api("GET", f"/jobs/{job_id}").json()["status"] == "succeeded", 90, "the job")
+    return job_id
+
+
+def test_1_a_model_folder_is_imported_activated_and_rolled_back_from_the_models_tab(
+    browser: Browser, ui: UiStack, tiny_model_dir: Path
+) -> None:
+    folder = Path(ui.env["NER_STATE_DIR"]) / "data" / "my-model"
+    if not folder.exists():
+        shutil.copytree(tiny_model_dir, folder)
+    before = ui.api("GET", "/models").json()
+    page = open_ui(browser, ui, tab="models")
+    page.on("dialog", lambda dialog: dialog.accept())
+    page.click("#import-box summary")
+    expect(page.locator("#import-submit")).to_be_disabled()
+    page.fill("#import-source", str(folder))
+    page.click("#import-submit")
+    expect(page.locator("#toasts")).to_contain_text("Imported", timeout=120_000)
+    after = ui.api("GET", "/models").json()
+    new = max(v["version"] for v in after["versions"])
+    assert len(after["versions"]) == len(before["versions"]) + 1
+    assert next(v for v in after["versions"] if v["version"] == new)["data_ref"] == {
+        "imported_from": str(folder)
+    }
+    row = page.locator(f"#models-table tbody tr[data-version='{new}']")
+    expect(row).to_have_count(1)
+    expect(page).to_have_url(re.compile(rf"#/models/{new}$"))
+    # Activated from the table, then rolled back to the version that was active before.
+    row.locator("button[data-action=activate]").click()
+    expect(page.locator("#models-table tbody tr[data-active=true]")).to_have_attribute(
+        "data-version", str(new)
+    )
+    assert ui.api("GET", "/models").json()["active"] == new
+    if before["active"] is not None:
+        old = page.locator(f"#models-table tbody tr[data-version='{before['active']}']")
+        old.locator("button[data-action=activate]").click()
+        expect(page.locator("#toasts")).to_contain_text(f"Rolled back to version {before['active']}")
+        assert ui.api("GET", "/models").json()["active"] == before["active"]
+    # A folder outside the data roots: refused in plain words, nothing registered.
+    if not page.locator("#import-source").is_visible():
+        page.click("#import-box summary")
+    page.fill("#import-source", str(tiny_model_dir))
+    page.click("#import-submit")
+    expect(page.locator("#import-error")).to_contain_text("outside the service's data folders")
+    assert len(ui.api("GET", "/models").json()["versions"]) == len(after["versions"])
+    close(page)
+
+
+def test_2_pasted_documents_get_readable_ids_and_results_show_their_text(
+    browser: Browser, ui: UiStack
+) -> None:
+    _worker(ui)
+    page = open_ui(browser, ui, tab="jobs")
+    page.check("input[name=job-source][value=paste]")
+    expect(page.locator("#job-submit")).to_be_disabled()
+    page.fill("#job-text", f"{SENTENCE}\n\n   \nAngela Merkel visited Paris.\n")
+    page.click("#job-submit")
+    expect(page.locator("#job-status")).to_have_text("succeeded", timeout=90_000)
+    expect(page.locator("#results-list > li")).to_have_count(2)
+    ids = page.eval_on_selector_all("#results-list > li", "items => items.map(li => li.dataset.docId)")
+    assert ids == ["doc-1", "doc-2"]
+    # The document itself, with its entities highlighted in it (not chips without the text).
+    first = "#results-list > li[data-doc-id=doc-1] .doc"
+    text = page.eval_on_selector(
+        first,
+        "o => [...o.childNodes].map(n => n.nodeType === 3 ? n.data"
+        " : (n.querySelector('.ent-text')?.textContent ?? '')).join('')",
+    )
+    assert text == SENTENCE
+    job_id = page.locator("#job-id").inner_text()
+    api_items = ui.api("GET", f"/jobs/{job_id}/results").json()["items"]
+    assert marks_of(page, first) == [[e["word"], e["entity_group"]] for e in api_items[0]["entities"]]
+    # Scores visible without hovering; the list row names the job by its first words.
+    expect(page.locator(f"{first} mark.ent .ent-score").first).to_have_text(
+        f"{api_items[0]['entities'][0]['score']:.2f}"
+    )
+    expect(page.locator(f"#jobs-table tbody tr[data-job-id='{job_id}']")).to_contain_text(
+        "pasted: Google was founded"
+    )
+    close(page)
+
+
+def test_3_keyboard_rows_tabs_entities_labels_and_one_h1(browser: Browser, ui: UiStack) -> None:
+    _worker(ui)
+    job_id = _finished_job(ui, [{"id": "k", "text": SENTENCE}])
+    page = open_ui(browser, ui)
+    expect(page.locator("h1")).to_have_count(1)
+    for selector in ("#try-text", "#job-text", "#job-file", "#run-open-id", "#api-key", "#import-source"):
+        label = page.eval_on_selector(
+            selector,
+            "e => (e.labels && e.labels.length ? e.labels[0].textContent"
+            " : e.getAttribute('aria-label')) || ''",
+        )
+        assert label.strip(), f"{selector} has no label"
+    # Tabs: a WAI-ARIA tab list, one tab stop, arrow keys move and open.
+    page.focus("#tab-try")
+    page.keyboard.press("ArrowRight")
+    expect(page.locator("#tab-jobs")).to_be_focused()
+    expect(page.locator("#tab-jobs")).to_have_attribute("aria-selected", "true")
+    expect(page.locator("#panel-jobs")).to_be_visible()
+    expect(page.locator("#tab-try")).to_have_attribute("tabindex", "-1")
+    page.keyboard.press("End")
+    expect(page.locator("#panel-train")).to_be_visible()
+    page.keyboard.press("Home")
+    expect(page.locator("#panel-try")).to_be_visible()
+    # A highlighted text is one tab stop; arrow keys go from entity to entity.
+    page.fill("#try-text", SENTENCE)
+    page.click("#try-run")
+    expect(page.locator("#try-output mark.ent")).to_have_count(4)
+    assert (
+        page.eval_on_selector_all("#try-output mark.ent", "ms => ms.filter(m => m.tabIndex >= 0).length") == 0
+    )
+    page.focus("#try-output")
+    page.keyboard.press("ArrowRight")
+    expect(page.locator("#try-output mark.ent").nth(0)).to_be_focused()
+    page.keyboard.press("ArrowRight")
+    expect(page.locator("#try-output mark.ent").nth(1)).to_be_focused()
+    expect(page.locator("#entity-tooltip")).to_contain_text("PER · score")
+    page.keyboard.press("End")
+    expect(page.locator("#try-output mark.ent").nth(3)).to_be_focused()
+    # Rows of jobs (and versions, runs) take focus and open with Enter.
+    page.goto(f"{ui.base_url}/#/jobs")
+    row = page.locator(f"#jobs-table tbody tr[data-job-id='{job_id}']")
+    row.focus()
+    page.keyboard.press("Enter")
+    expect(page.locator("#job-id")).to_have_text(job_id)
+    close(page)
+
+
+def test_4_phone_width_has_no_sideways_page_scroll(browser: Browser, ui: UiStack) -> None:
+    _worker(ui)
+    _finished_job(ui, [{"id": "p", "text": SENTENCE}])
+    context = browser.new_context(viewport={"width": 390, "height": 844}, reduced_motion="reduce")
+    page = context.new_page()
+    page.goto(f"{ui.base_url}/#/try")
+    page.evaluate("k => sessionStorage.setItem('ner.apiKey', k)", ui.admin_key)
+    for tab in ("try", "jobs", "models", "train"):
+        page.goto(f"{ui.base_url}/#/{tab}")
+        page.reload()
+        expect(page.locator("body")).to_have_attribute("data-ready", "true")
+        page.wait_for_load_state("networkidle")
+        if tab == "try":
+            page.fill("#try-text", SENTENCE)
+            page.click("#try-run")
+            expect(page.locator("#try-output mark.ent")).to_have_count(4)
+        width = page.evaluate("() => document.documentElement.scrollWidth")
+        assert width <= 390, f"{tab}: the page is {width} px wide at 390 px"
+        # The key box stays inside the header.
+        box = page.locator("#key-state").bounding_box()
+        assert box is None or box["x"] + box["width"] <= 390
+    # The Models table's actions are on screen (a card per version).
+    page.goto(f"{ui.base_url}/#/models")
+    page.wait_for_load_state("networkidle")
+    for button in page.locator("#models-table button[data-action=activate]").all():
+        bounds = button.bounding_box()
+        assert bounds is not None and bounds["x"] + bounds["width"] <= 390
+    context.close()
+
+
+def test_5_messages_in_plain_words_and_buttons_disabled_while_input_is_invalid(
+    browser: Browser, ui: UiStack
+) -> None:
+    page = open_ui(browser, ui, tab="train")
+    expect(page.locator("#train-submit")).to_be_disabled()
+    expect(page.locator("#train-hint")).to_contain_text("training data")
+    page.goto(f"{ui.base_url}/#/try")
+    page.fill("#try-text", "   \n  ")
+    expect(page.locator("#try-run")).to_be_disabled()
+    expect(page.locator("#try-hint")).to_contain_text("Only spaces")
+    # A validation error from the API, in words, with the field as people know it.
+    page.goto(f"{ui.base_url}/#/jobs")
+    page.check("input[name=job-source][value=paste]")
+    page.fill("#job-text", "x")
+    page.fill("#job-retention", "0")
+    page.click("#job-submit")
+    expect(page.locator("#job-form-error")).to_contain_text("Keep results for")
+    text = page.locator("#job-form-error").inner_text()
+    assert "retention_days" not in text and "NER_" not in text and "422" not in text
+    # A served model without a registry version is not called by its setting's name.
+    assert "NER_MODEL" not in page.content()
+    close(page)
+
+
+def test_6_feedback_is_fresh_keys_are_checked_and_actions_confirmed(browser: Browser, ui: UiStack) -> None:
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.goto(f"{ui.base_url}/#/jobs")
+    expect(page.locator("#jobs-error")).to_have_attribute("data-status", "401")
+    expect(page.locator("#jobs-error")).to_contain_text("paste yours")
+    # A wrong key is refused and not saved.
+    page.fill("#api-key", "ner_deadbeef_not-a-real-key")
+    page.click("#key-form button[type=submit]")
+    expect(page.locator("#key-state")).to_contain_text("not valid")
+    assert page.evaluate("() => sessionStorage.getItem('ner.apiKey')") is None
+    # A good key: its name and scopes shown, the old 401 gone.
+    page.fill("#api-key", ui.train_key)
+    page.click("#key-form button[type=submit]")
+    expect(page.locator("#key-state")).to_have_text("ui-train · train")
+    page.fill("#api-key", ui.admin_key)
+    page.click("#key-form button[type=submit]")
+    expect(page.locator("#key-state")).to_contain_text("ui-admin · predict, jobs, train, admin, metrics")
+    expect(page.locator("#jobs-error")).to_be_hidden()
+    # Cancel asks first; declining changes nothing.
+    _worker(ui)
+    job_id = ui.api("POST", "/jobs", json={"documents": [{"text": SENTENCE}] * 3}).json()["job_id"]
+    page.goto(f"{ui.base_url}/#/jobs/{job_id}")
+    expect(page.locator("#job-id")).to_have_text(job_id)
+    asked: list[str] = []
+    page.on("dialog", lambda dialog: (asked.append(dialog.message), dialog.dismiss()))
+    if page.locator("#job-cancel").is_enabled():
+        page.click("#job-cancel")
+        assert asked and asked[0].startswith("Cancel job")
+    context.close()
+
+
+def test_7_run_rows_move_with_their_run(browser: Browser, ui: UiStack, tmp_path: Path) -> None:
+    run_id = ui.api(
+        "POST", "/train", json={"data": {"train": str(get_settings().conll_dir / "eng.train")}, "epochs": 2}
+    )
+    assert run_id.status_code in (200, 201, 202), run_id.text
+    rid = uuid.UUID(run_id.json()["run_id"])
+    page = open_ui(browser, ui, tab="train")
+    row = page.locator(f"#runs-table tbody tr[data-run-id='{rid}']")
+    expect(row).to_contain_text("queued")
+    row.click()
+    with ui.session() as session:
+        service.mark_running(
+            session=session, run=service.get_run(session=session, run_id=rid), checkpoint_dir=str(tmp_path)
+        )
+        service.record_start(session=session, run_id=rid, total_steps=8, resumed_from=0)
+        service.record_epoch(
+            session=session, run_id=rid, values=EpochMetrics(1, 1.9, 1.1, 0.41, 0.37, 0.39, 0.86).as_dict()
+        )
+    # Without pressing Refresh: the row follows the run it shows.
+    expect(row).to_contain_text("running")
+    expect(row).to_contain_text("1 of 2")
+    with ui.session() as session:
+        service.finish(session=session, run_id=rid, status=RunStatus.cancelled)
+    expect(row).to_contain_text("cancelled")
+    close(page)
+
+
+def test_8_exports_links_filters_threshold_types_sorting_and_retention(browser: Browser, ui: UiStack) -> None:
+    _worker(ui)
+    job_id = _finished_job(ui, [{"id": "g", "text": SENTENCE}, {"id": "h", "text": "Paris is in France."}])
+    page = open_ui(browser, ui)
+    page.fill("#try-text", SENTENCE)
+    page.click("#try-run")
+    expect(page.locator("#try-output mark.ent")).to_have_count(4)
+    answer = ui.api("POST", "/predict/", json={"text": SENTENCE}).json()["entities"]
+    with page.expect_download() as download:
+        page.click("#try-export-csv")
+    rows = Path(download.value.path()).read_text().splitlines()
+    assert rows[0] == "word,entity_group,score,start,end" and len(rows) == 1 + len(answer)
+    assert rows[1].startswith(f"{answer[0]['word']},{answer[0]['entity_group']},")
+    with page.expect_download() as download:
+        page.click("#try-export-json")
+    exported = json.loads(Path(download.value.path()).read_text())
+    assert exported["text"] == SENTENCE and [e["word"] for e in exported["entities"]] == [
+        e["word"] for e in answer
+    ]
+    # Legend chips filter; the threshold hides low scores; the types are described.
+    page.click("#try-legend button[data-type=PER]")
+    expect(page.locator("#try-legend button[data-type=PER]")).to_have_attribute("aria-pressed", "false")
+    expect(page.locator("#try-output mark.ent.ent-off")).to_have_count(2)
+    page.click("#try-legend button[data-type=PER]")
+    expect(page.locator("#try-output mark.ent.ent-off")).to_have_count(0)
+    page.fill("#try-threshold", "1")
+    expect(page.locator("#try-output mark.ent.ent-off")).to_have_count(sum(e["score"] < 1 for e in answer))
+    page.fill("#try-threshold", "0")
+    expect(page.locator("#try-types dd[data-type=LOC]")).to_contain_text("countries, cities")
+    expect(page.locator("#try-types dd[data-type=ORG]")).to_contain_text("companies")
+    # Sortable tables: by score, highest first on the second press.
+    page.click("#try-table-box summary")
+    page.click("#try-table th:nth-child(3) button")
+    page.click("#try-table th:nth-child(3) button")
+    expect(page.locator("#try-table th:nth-child(3)")).to_have_attribute("aria-sort", "descending")
+    shown = page.eval_on_selector_all(
+        "#try-table tbody tr td:nth-child(3)", "tds => tds.map(t => Number(t.textContent))"
+    )
+    assert shown == sorted(shown, reverse=True)
+
+    # A job by its link, kept on reload; its retention and expiry; its CSV export.
+    page.goto(f"{ui.base_url}/#/jobs/{job_id}")
+    page.reload()
+    expect(page.locator("#job-id")).to_have_text(job_id)
+    job = ui.api("GET", f"/jobs/{job_id}").json()
+    expect(page.locator("#job-stats [data-stat='Results kept']")).to_contain_text(
+        f"{job['retention_days']} days, until"
+    )
+    with page.expect_download() as download:
+        page.click("#job-export-csv")
+    lines = Path(download.value.path()).read_text().splitlines()
+    items = _all_results(ui, job_id)
+    assert lines[0] == "document,word,type,score,start,end"
+    assert len(lines) == 1 + sum(len(i["entities"]) for i in items)
+    # A version and a run by their links.
+    versions = ui.api("GET", "/models").json()["versions"]
+    if versions:
+        page.goto(f"{ui.base_url}/#/models/{versions[-1]['version']}")
+        page.reload()
+        expect(page.locator("#model-title")).to_have_text(f"v{versions[-1]['version']}")
+    runs = ui.api("GET", "/train").json()["runs"]
+    if runs:
+        page.goto(f"{ui.base_url}/#/runs/{runs[0]['run_id']}")
+        page.reload()
+        expect(page.locator("#run-id")).to_have_text(runs[0]["run_id"])
+        expect(page.locator("#panel-train")).to_be_visible()
+    close(page)
+
+
+def test_9_and_10_type_labels_are_readable_and_counts_read_well(browser: Browser, ui: UiStack) -> None:
+    page = open_ui(browser, ui)
+    page.fill("#try-text", "Paris is lovely.")
+    page.click("#try-run")
+    expect(page.locator("#try-result")).to_be_visible()
+    entities = ui.api("POST", "/predict/", json={"text": "Paris is lovely."}).json()["entities"]
+    expected = "1 entity" if len(entities) == 1 else f"{len(entities)} entities"
+    expect(page.locator("#try-meta")).to_contain_text(expected)
+    expect(page.locator("#try-meta")).not_to_contain_text("1 entities")
+    if entities:
+        size = page.eval_on_selector(
+            "#try-output .ent-label", "e => parseFloat(getComputedStyle(e).fontSize)"
+        )
+        assert size >= 11
+    close(page)
+
+
+def test_issue_15_a_job_rerun_with_version_b_links_to_its_diff(browser: Browser, ui: UiStack) -> None:
+    _worker(ui)
+    listed = ui.api("GET", "/models").json()
+    if listed["active"] is None:
+        pytest.skip("needs a registry version (published by the tests above)")
+    job_id = _finished_job(ui, [{"id": "a", "text": SENTENCE}, {"id": "b", "text": "Paris is in France."}])
+    page = open_ui(browser, ui, tab="models")
+    page.select_option("#compare-b", str(listed["active"]))
+    page.fill("#rerun-job", job_id)
+    page.click("#rerun-submit")
+    expect(page.locator("#diff-view")).to_be_visible()
+    expect(page).to_have_url(re.compile(rf"#/diff/{job_id}/[0-9a-f-]+$"))
+    expect(page.locator("#diff-summary")).to_contain_text("of 2 changed", timeout=90_000)
+    expect(page.locator("#diff-summary")).not_to_contain_text("still going", timeout=90_000)
+    rerun_id = page.url.rsplit("/", 1)[1]
+    diff = ui.api("GET", f"/jobs/{job_id}/diff/{rerun_id}").json()
+    expect(page.locator("#diff-items > li")).to_have_count(len(diff["items"]))
+    # The link survives a reload.
+    page.reload()
+    expect(page.locator("#diff-view")).to_be_visible()
+    expect(page.locator("#diff-summary")).to_contain_text(
+        f"{diff['summary']['documents_changed']} documents of 2 changed".replace("1 documents", "1 document")
+    )
     close(page)

@@ -90,7 +90,10 @@ def case_version(service_env: dict[str, str], tiny_model_dir: Path) -> tuple[int
 def served(case_version: tuple[int, Path], service_env: dict[str, str], log_dir: Path) -> Iterator[str]:
     """``ner serve`` answering with the same folder (as NER_MODEL)."""
     proc: ServiceProcess
-    proc, base_url = start_gateway({**service_env, "NER_MODEL": str(case_version[1])}, log_dir)
+    # fp32 as the transformers pipeline runs it: scores are compared to 4 decimals (NER_PRECISION=auto
+    # would run bf16 on CPUs that have it).
+    env = {**service_env, "NER_MODEL": str(case_version[1]), "NER_PRECISION": "fp32"}
+    proc, base_url = start_gateway(env, log_dir)
     wait_until(lambda: httpx.get(f"{base_url}/v2/health/ready").status_code == 200, 120, "the model", proc)
     yield base_url
     proc.stop()

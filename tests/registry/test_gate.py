@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import threading
+import uuid
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -16,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from shared.core.config import Settings, get_settings
 from shared.core.db import make_engine
-from shared.core.tables import ModelVersion, VersionStatus
+from shared.core.tables import ModelVersion, RunStatus, TrainingRun, VersionStatus
 from shared.registry import gate, seed
 from shared.registry import service as registry
 from shared.registry.manifest import validate_version_folder
@@ -104,14 +105,23 @@ def poisoned_copy(tiny_model_dir: Path, folder: Path) -> Path:
     return folder
 
 
-def _candidate(folder: Path, base_model: str = BASE, val_f1: float | None = 0.5) -> Candidate:
+def _candidate(
+    folder: Path, base_model: str = BASE, val_f1: float | None = 0.5, training_run_id: uuid.UUID | None = None
+) -> Candidate:
     return Candidate(
         model_dir=folder, base_model=base_model, data_hash="d" * 64, data_ref={"train": "x.conll"},
-        params={}, metrics={}, labels=["O"], val_f1=val_f1, test_f1=None,
+        params={}, metrics={}, labels=["O"], val_f1=val_f1, test_f1=None, training_run_id=training_run_id,
     )  # fmt: skip
 
 
-def _publish(session: Session, tmp_path: Path, folder: Path, counting: Counting | None, **kw: Any):  # type: ignore[no-untyped-def]
+def _publish(  # type: ignore[no-untyped-def]
+    session: Session,
+    tmp_path: Path,
+    folder: Path,
+    counting: Counting | None,
+    promote_first: bool = True,  # these tests start from an empty registry and want a first version
+    **kw: Any,
+):
     return publish_and_gate(
         session=session,
         artifacts_dir=tmp_path / "artifacts",
@@ -121,6 +131,7 @@ def _publish(session: Session, tmp_path: Path, folder: Path, counting: Counting 
         gate_set=counting.gate_set if counting else None,
         type_margin=0.02,
         default_base_model=BASE,
+        settings=get_settings().model_copy(update={"gate_promote_first": promote_first}),
     )
 
 
@@ -138,7 +149,7 @@ def test_an_equally_good_candidate_is_promoted_and_the_active_score_is_cached(
 ) -> None:
     session = empty_registry
     first = _publish(session, tmp_path, tiny_model_dir, counting)
-    assert first.promoted and first.reason == "no active version"
+    assert first.promoted and first.reason == "no active version (NER_GATE_PROMOTE_FIRST=true)"
     second = _publish(session, tmp_path, tiny_model_dir, counting)  # the same weights: exactly as good
     assert second.promoted, second.reason
     v1, v2 = first.version.version, second.version.version
@@ -185,6 +196,38 @@ def test_a_run_with_its_own_base_model_or_without_a_gate_set_waits_for_an_admin(
     assert registry.get_active(session=session).version == active.version
     never = gate.decide(session=session, candidate=no_gate.version, policy="never")
     assert never.decision == "held" and "never" in never.reason
+
+
+def test_an_empty_registry_keeps_a_first_version_as_a_candidate_unless_the_operator_chose(
+    empty_registry: Session, tmp_path: Path, tiny_model_dir: Path, counting: Counting
+) -> None:
+    """Issue 12: with nothing active, a caller's first run does not go live on its own."""
+    session = empty_registry
+    # A caller's run (its key's), gate set or not: held for an admin, nothing becomes active.
+    run = TrainingRun(status=RunStatus.succeeded, data={}, params={}, base_model=BASE, api_key_id=None)
+    session.add(run)
+    session.flush()
+    for scorer in (counting, None):
+        held = _publish(
+            session, tmp_path, tiny_model_dir, scorer, promote_first=False, training_run_id=run.id
+        )
+        assert held.decision.decision == "held" and "NER_GATE_PROMOTE_FIRST" in held.reason
+        assert registry.get_active(session=session) is None
+    # Its own base model stays a candidate even where the operator lets a first version go live.
+    own = _publish(session, tmp_path, tiny_model_dir, counting, base_model="someone/else")
+    assert own.decision.decision == "held" and "own base model" in own.reason
+    assert registry.get_active(session=session) is None
+    # The service's own bootstrap run (NER_BOOTSTRAP_DATA, no key) is the operator's: it goes live.
+    boot = TrainingRun(
+        status=RunStatus.succeeded, data={}, params={"bootstrap": True}, base_model=BASE, api_key_id=None
+    )
+    session.add(boot)
+    session.flush()
+    first = _publish(
+        session, tmp_path, tiny_model_dir, counting, promote_first=False, training_run_id=boot.id
+    )
+    assert first.promoted and "bootstrap" in first.reason
+    assert registry.get_active(session=session).version == first.version.version
 
 
 def test_the_active_score_is_measured_again_when_the_gate_set_changes(

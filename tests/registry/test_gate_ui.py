@@ -91,6 +91,30 @@ def test_models_tab_shows_the_gate_decision_and_both_scores(
             page.select_option("#model-types-split", label="gate set: this version")
             expect(page.locator("#model-types tbody tr[data-type=LOC] td").nth(3)).to_have_text("0.000")
             page.screenshot(path=log_dir / "ui-models-gate.png", full_page=True)
+
+            # Issue 15: two versions side by side, per type, on the gate set.
+            page.select_option("#compare-a", str(active.version))
+            page.select_option("#compare-b", str(rejected.version))
+            loc = page.locator("#compare-table tbody tr[data-type=LOC] td")
+            expect(loc.nth(1)).to_have_text("0.660")
+            expect(loc.nth(2)).to_have_text("0.000")
+            expect(loc.nth(3)).to_have_text("−0.660")
+            expect(page.locator("#compare-table tbody tr[data-type=PER] td").nth(3)).to_have_text("+0.150")
+            expect(page.locator("#compare-note")).to_have_text("Both scored on the gate set.")
+            # Shadow the candidate from the page (auth is off here: everyone is admin).
+            page.on("dialog", lambda dialog: dialog.accept())
+            expect(page.locator("#model-title")).to_have_text(f"v{rejected.version}")
+            page.fill("#shadow-rate", "0.5")
+            page.click("#shadow-start")
+            expect(page.locator("#shadow-state")).to_contain_text("sampling 50%")
+            shadow = httpx.get(f"{base_url}/models/{rejected.version}/shadow", timeout=10).json()
+            assert shadow["enabled"] is True and shadow["sample_rate"] == 0.5
+            page.click("#shadow-stop")
+            expect(page.locator("#shadow-state")).to_have_text("not shadowed")
+            assert (
+                httpx.get(f"{base_url}/models/{rejected.version}/shadow", timeout=10).json()["enabled"]
+                is False
+            )
             browser.close()
         assert not errors, errors
     finally:

@@ -98,7 +98,10 @@ def test_the_callers_own_validation_f1_never_promotes_over_an_active_version(
         row.status = VersionStatus.retired  # this test decides what is active
     db_session.flush()
     first = publish(db_session, tmp_path, "a", 0.80)
-    assert gate.decide(session=db_session, candidate=first, policy="f1").promoted  # nothing active yet
+    # Nothing active yet: a first version waits for an admin unless the operator opted in.
+    waiting = gate.decide(session=db_session, candidate=first, policy="f1")
+    assert waiting.decision == "held" and "NER_GATE_PROMOTE_FIRST" in waiting.reason
+    assert gate.decide(session=db_session, candidate=first, policy="f1", promote_first=True).promoted
     registry.activate(session=db_session, version=first.version)
     # Issue 12: F1 measured on a validation file the caller chose (one sentence) is no evidence.
     perfect = publish(db_session, tmp_path, "b", 1.0)

@@ -195,7 +195,8 @@ def test_post_train_runs_on_a_real_worker_publishes_promotes_and_predict_uses_it
             .where(ModelVersion.status == VersionStatus.active)
             .values(status=VersionStatus.retired)
         )
-    env = {**service_env, "NER_PROMOTE_POLICY": "f1"}
+    # Nothing is active here: the operator's opt-in lets the first trained version go live.
+    env = {**service_env, "NER_PROMOTE_POLICY": "f1", "NER_GATE_PROMOTE_FIRST": "true"}
     worker = start_worker(env, log_dir, queue="training")
     gateway, base_url = start_gateway(env, log_dir)
     try:

@@ -48,19 +48,40 @@ export function codePointToUtf16(text) {
   return (index) => map[Math.max(0, Math.min(index, map.length - 1))];
 }
 
+// What each type means; the default model's four CoNLL-2003 types, and OntoNotes' common ones.
+export const TYPE_DESCRIPTIONS = {
+  PER: "Person: people's names, real or fictional",
+  PERSON: "Person: people's names, real or fictional",
+  ORG: "Organisation: companies, agencies, institutions, teams",
+  LOC: "Location: countries, cities, regions, mountains, rivers",
+  MISC: "Miscellaneous: nationalities, events, languages, works, products and other names",
+  GPE: "Countries, cities and states",
+  NORP: "Nationalities, religious or political groups",
+  DATE: "Dates and periods",
+  MONEY: "Monetary values",
+};
+
+export function describeType(type) {
+  return TYPE_DESCRIPTIONS[String(type).toUpperCase()] || `${type}: a type of this model`;
+}
+
+const typeOf = (entity) => entity.entity_group ?? entity.type ?? entity.label ?? "?";
+
 export function entityMark(surface, entity) {
-  const type = entity.entity_group ?? entity.type ?? entity.label ?? "?";
+  const type = typeOf(entity);
   const tip = entity.score === undefined ? type : `${type} · score ${fmtScore(entity.score)}`;
   const mark = el(
     "mark",
     {
       class: "ent",
-      tabindex: "0",
+      // One tab stop for the whole text: its container moves focus between marks with arrow keys.
+      tabindex: "-1",
       "aria-label": `${surface}: ${tip}`,
       dataset: { type, tip, score: entity.score ?? "" },
     },
     el("span", { class: "ent-text" }, surface),
     el("span", { class: "ent-label", "aria-hidden": "true" }, type),
+    entity.score === undefined ? null : el("span", { class: "ent-score", "aria-hidden": "true" }, Number(entity.score).toFixed(2)),
   );
   mark.style.setProperty("--ent-colour", colourFor(type));
   return mark;
@@ -82,26 +103,92 @@ export function renderEntities(container, text, entities) {
   }
   if (pos < text.length) fragment.append(text.slice(pos));
   container.replaceChildren(fragment);
+  enableArrowKeys(container);
 }
 
 /** Entities as chips when the text itself is not at hand. */
 export function renderChips(container, entities) {
-  container.replaceChildren(
-    ...entities.map((entity) => entityMark(entity.word ?? entity.text ?? "", entity)),
-  );
+  container.replaceChildren(...entities.map((entity) => entityMark(entity.word ?? entity.text ?? "", entity)));
+  enableArrowKeys(container);
 }
 
-/** A legend: each type with its count, in the type's colour. */
-export function renderLegend(container, entities) {
+/** The container is one tab stop; arrow keys (Home, End) move the focus from entity to entity. */
+export function enableArrowKeys(container) {
+  if (!container.hasAttribute("tabindex")) container.setAttribute("tabindex", "0");
+  if (!container.getAttribute("role")) container.setAttribute("role", "group");
+  if (!container.getAttribute("aria-label")) {
+    container.setAttribute("aria-label", "Text with entities highlighted; arrow keys move between entities");
+  }
+  if (container.dataset.arrows) return;
+  container.dataset.arrows = "true";
+  container.addEventListener("keydown", (event) => {
+    const keys = ["ArrowRight", "ArrowDown", "ArrowLeft", "ArrowUp", "Home", "End"];
+    if (!keys.includes(event.key)) return;
+    const marks = [...container.querySelectorAll("mark.ent:not(.ent-off)")];
+    if (!marks.length) return;
+    event.preventDefault();
+    const current = marks.indexOf(document.activeElement);
+    let next;
+    if (event.key === "Home") next = 0;
+    else if (event.key === "End") next = marks.length - 1;
+    else if (event.key === "ArrowRight" || event.key === "ArrowDown") next = current < 0 ? 0 : Math.min(marks.length - 1, current + 1);
+    else next = current < 0 ? 0 : Math.max(0, current - 1);
+    marks[next].focus();
+  });
+}
+
+/**
+ * A legend of toggle buttons: each type with its count, in the type's colour; pressing one hides
+ * or shows that type's marks in `targets`. `onChange` is told the hidden types.
+ */
+export function renderLegend(container, entities, { hidden = new Set(), onChange } = {}) {
   const counts = new Map();
-  for (const entity of entities) counts.set(entity.entity_group, (counts.get(entity.entity_group) || 0) + 1);
+  for (const entity of entities) counts.set(typeOf(entity), (counts.get(typeOf(entity)) || 0) + 1);
   const types = [...counts.keys()].sort();
   container.replaceChildren(
     ...types.map((type) => {
-      const chip = el("span", { class: "legend-item", dataset: { type } }, el("b", {}, type), ` ${counts.get(type)}`);
+      const chip = el(
+        "button",
+        {
+          type: "button",
+          class: "legend-item",
+          title: describeType(type),
+          "aria-pressed": hidden.has(type) ? "false" : "true",
+          dataset: { type },
+        },
+        el("b", {}, type),
+        ` ${counts.get(type)}`,
+      );
       chip.style.setProperty("--ent-colour", colourFor(type));
+      chip.addEventListener("click", () => {
+        const shown = chip.getAttribute("aria-pressed") === "true";
+        chip.setAttribute("aria-pressed", shown ? "false" : "true");
+        if (shown) hidden.add(type);
+        else hidden.delete(type);
+        onChange?.(hidden);
+      });
       return chip;
     }),
+  );
+  return types;
+}
+
+/** Dim the marks of hidden types and those scored under `threshold`; returns how many stay shown. */
+export function applyFilter(container, hidden, threshold) {
+  let shown = 0;
+  for (const mark of container.querySelectorAll("mark.ent")) {
+    const score = mark.dataset.score === "" ? 1 : Number(mark.dataset.score);
+    const off = hidden.has(mark.dataset.type) || score < threshold;
+    mark.classList.toggle("ent-off", off);
+    if (!off) shown += 1;
+  }
+  return shown;
+}
+
+/** The types found, each with what it means. */
+export function renderTypeHelp(container, types) {
+  container.replaceChildren(
+    ...types.flatMap((type) => [el("dt", {}, type), el("dd", { dataset: { type } }, describeType(type).replace(/^[^:]*: /, ""))]),
   );
 }
 

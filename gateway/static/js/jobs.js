@@ -5,25 +5,37 @@ import { colourFor, renderChips, renderEntities } from "./highlight.js";
 import {
   $,
   $$,
+  activatableRow,
   badge,
+  cell,
+  confirmAction,
   downloadResponse,
+  downloadText,
   el,
   fillStats,
   fmtDate,
   fmtDuration,
   fmtNumber,
   fmtPercent,
+  makeSortable,
   modelLabel,
   pick,
+  plural,
   poll,
   setBusy,
   setProgress,
+  setRoute,
   shortId,
   showError,
+  toast,
+  toCsv,
 } from "./util.js";
 
 const ACTIVE = new Set(["queued", "running", "cancelling"]);
 const POLL_MS = 1000;
+const ENTITIES_EVERY = 3; // top entities refresh every third poll while a job runs
+const EXPORT_MAX = 20_000; // documents an export fetches; the NDJSON download has them all
+const NAMES_KEY = "ner.jobNames";
 
 const state = {
   jobId: null,
@@ -33,14 +45,53 @@ const state = {
   nextCursor: null,
   listCursor: null,
   lastStatus: null,
+  ticks: 0,
+  samples: [], // (time, processed) of recent polls: the ETA's moving rate
 };
 
 const jobIdOf = (job) => pick(job, "job_id", "id");
+
+// ---- names: the upload's file name (or the first words pasted), kept in this browser ------------
+
+function names() {
+  try {
+    return JSON.parse(localStorage.getItem(NAMES_KEY) || "{}");
+  } catch {
+    return {};
+  }
+}
+
+function rememberName(jobId, name) {
+  const all = names();
+  all[jobId] = name;
+  const ids = Object.keys(all);
+  for (const old of ids.slice(0, Math.max(0, ids.length - 200))) delete all[old];
+  localStorage.setItem(NAMES_KEY, JSON.stringify(all));
+}
+
+const nameOf = (jobId) => names()[jobId] || null;
 
 // ---- submit ---------------------------------------------------------------------------------
 
 function sourceOf(form) {
   return form.querySelector('input[name="job-source"]:checked').value;
+}
+
+function pastedLines() {
+  return $("#job-text").value.split(/\r?\n/).filter((line) => line.trim());
+}
+
+function updateSubmit() {
+  const form = $("#job-form");
+  const ready = sourceOf(form) === "file" ? $("#job-file").files.length > 0 : pastedLines().length > 0;
+  $("#job-submit").disabled = !ready;
+  $("#job-hint").hidden = ready;
+  $("#job-hint").textContent = sourceOf(form) === "file" ? "Choose a file first." : "Paste at least one document first.";
+}
+
+function firstWords(text, count = 5) {
+  const words = text.trim().split(/\s+/);
+  return words.slice(0, count).join(" ") + (words.length > count ? " …" : "");
 }
 
 async function submit(event) {
@@ -49,8 +100,12 @@ async function submit(event) {
   const errorBox = $("#job-form-error");
   showError(errorBox, null);
   let request;
+  let name;
   const retentionText = $("#job-retention").value.trim();
   const retention = retentionText === "" ? undefined : Number(retentionText);
+  if (retention !== undefined && !(Number.isInteger(retention) && retention >= 1)) {
+    return showError(errorBox, new Error("Keep results for: give a whole number of days, 1 or more (or leave it empty)."));
+  }
   if (sourceOf(form) === "file") {
     const file = $("#job-file").files[0];
     if (!file) return showError(errorBox, new Error("Choose a JSONL, CSV or text file first."));
@@ -59,40 +114,48 @@ async function submit(event) {
     if ($("#job-format").value) body.append("format", $("#job-format").value);
     if (retention !== undefined) body.append("retention_days", String(retention));
     request = { method: "POST", body };
+    name = file.name;
   } else {
-    const lines = $("#job-text").value.split(/\r?\n/).filter((line) => line.trim());
-    // Sent even when empty: the API names what is wrong with an empty job.
-    const documents = lines.map((text) => ({ text }));
+    const lines = pastedLines();
+    if (!lines.length) return showError(errorBox, new Error("Paste at least one document, one per line."));
+    // Readable ids: the results then say doc-1, doc-2, ... in the order pasted.
+    const documents = lines.map((text, index) => ({ id: `doc-${index + 1}`, text }));
     request = { method: "POST", json: retention === undefined ? { documents } : { documents, retention_days: retention } };
+    name = `pasted: ${firstWords(lines[0])}`;
   }
   setBusy($("#job-submit"), $("#job-submit-busy"), true);
   try {
-    await submitAndOpen(request);
+    await submitAndOpen(request, name);
     form.reset();
     toggleSource(form);
   } catch (error) {
     showError(errorBox, error);
   } finally {
     setBusy($("#job-submit"), $("#job-submit-busy"), false);
+    updateSubmit();
   }
 }
 
-async function submitAndOpen(request) {
+async function submitAndOpen(request, name) {
   const created = await api("/jobs", request);
+  const id = jobIdOf(created);
+  if (name) rememberName(id, name);
+  toast(`Job submitted: ${plural(pick(created, "total") ?? 0, "document")}`);
   await refreshList();
-  openJob(jobIdOf(created));
+  openJob(id);
   return created;
 }
 
 /** Submit documents as a job and show it on the Jobs tab (used by "Try it" for oversized texts). */
-export async function submitDocuments(documents) {
-  location.hash = "#jobs";
-  return submitAndOpen({ method: "POST", json: { documents } });
+export async function submitDocuments(documents, name) {
+  location.hash = "#/jobs";
+  return submitAndOpen({ method: "POST", json: { documents } }, name);
 }
 
 function toggleSource(form) {
   const source = sourceOf(form);
   for (const box of $$("[data-source]", form)) box.hidden = box.dataset.source !== source;
+  updateSubmit();
 }
 
 // ---- list -----------------------------------------------------------------------------------
@@ -103,14 +166,15 @@ function jobRow(job) {
   const done = (pick(job, "done") ?? 0) + (pick(job, "failed") ?? 0);
   const status = el("span", {});
   badge(status, job.status);
-  return el(
-    "tr",
-    { dataset: { jobId: id }, class: id === state.jobId ? "selected" : "", onclick: () => openJob(id) },
-    el("td", {}, fmtDate(pick(job, "created_at", "submitted_at"))),
-    el("td", {}, el("code", { title: id }, shortId(id))),
-    el("td", {}, status),
-    el("td", { class: "num" }, `${fmtNumber(done)} / ${fmtNumber(total)}`),
-    el("td", {}, modelLabel(job.model_version)),
+  const name = nameOf(id);
+  return activatableRow(
+    { dataset: { jobId: id }, class: id === state.jobId ? "selected" : "" },
+    () => openJob(id),
+    cell("Submitted", { class: "date" }, fmtDate(pick(job, "created_at", "submitted_at"))),
+    cell("Job", {}, name ? el("span", { class: "job-name", title: id }, name) : el("code", { title: id }, shortId(id))),
+    cell("Status", {}, status),
+    cell("Documents", { class: "num" }, `${fmtNumber(done)} / ${fmtNumber(total)}`),
+    cell("Model", {}, modelLabel(job.model_version)),
   );
 }
 
@@ -128,11 +192,23 @@ async function refreshList({ more = false } = {}) {
     $("#jobs-more").hidden = !state.listCursor;
     showError(errorBox, null);
   } catch (error) {
+    $("#jobs-table tbody").replaceChildren();
     showError(errorBox, error);
   }
 }
 
 // ---- one job --------------------------------------------------------------------------------
+
+// Seconds left from the rate of the last polls (a moving window), not from the job's start: a job
+// that sped up or stalled shows it at once. The API's own estimate until two polls differ.
+function movingEta(job, processed, total) {
+  const now = performance.now() / 1000;
+  state.samples.push([now, processed]);
+  state.samples = state.samples.filter(([t]) => now - t <= 30);
+  const [t0, p0] = state.samples[0];
+  if (now - t0 >= 2 && processed > p0) return ((total - processed) * (now - t0)) / (processed - p0);
+  return pick(job, "eta_seconds", "eta_s");
+}
 
 function renderJob(job) {
   const total = pick(job, "total") ?? 0;
@@ -144,25 +220,36 @@ function renderJob(job) {
   setProgress($("#job-progress"), percent, `${fmtPercent(percent, percent > 0 && percent < 100 ? 1 : 0)}`);
   $("#job-progress").dataset.status = job.status;
   const throughput = pick(job, "throughput", "throughput_docs_per_s", "docs_per_second", "documents_per_second");
-  const eta = pick(job, "eta_seconds", "eta_s", "eta");
+  const active = ACTIVE.has(job.status);
+  const eta = active ? movingEta(job, processed, total) : undefined;
+  const expires = pick(job, "expires_at");
+  const retention = pick(job, "retention_days");
   fillStats($("#job-stats"), [
+    ["Name", nameOf(state.jobId) ?? undefined],
     ["Documents", `${fmtNumber(processed)} of ${fmtNumber(total)}`],
     ["Failed", fmtNumber(failed)],
-    ["Throughput", throughput === undefined ? "–" : `${fmtNumber(throughput, 1)} docs/s`],
-    ["ETA", ACTIVE.has(job.status) ? (typeof eta === "string" ? eta : fmtDuration(eta)) : "–"],
+    ["Throughput", throughput === undefined || throughput === null ? "–" : `${fmtNumber(throughput, 1)} docs/s`],
+    ["ETA", active ? (processed >= total && total ? "finishing" : fmtDuration(eta)) : "–"],
     ["Model", modelLabel(job.model_version)],
     ["Submitted", fmtDate(pick(job, "created_at", "submitted_at"))],
     ["Finished", fmtDate(pick(job, "finished_at"))],
+    ["Results kept", retention === undefined ? undefined : `${plural(retention, "day")}${expires ? `, until ${fmtDate(expires)}` : ""}`],
     ...(job.error ? [["Error", job.error]] : []),
   ]);
-  $("#job-cancel").disabled = !ACTIVE.has(job.status) || job.status === "cancelling";
+  $("#job-retention-note").textContent = expires
+    ? `The job and its results are deleted on ${fmtDate(expires)}; download them before then to keep them.`
+    : `Results are kept for ${plural(retention ?? 0, "day")} after the job finishes.`;
+  $("#job-cancel").disabled = !active || job.status === "cancelling";
 }
 
 export function openJob(jobId) {
   if (!jobId) return;
+  setRoute(`#/jobs/${encodeURIComponent(jobId)}`);
+  if (state.jobId === jobId && state.poller && !$("#job-view").hidden) return;
   state.poller?.stop();
-  Object.assign(state, { jobId, cursors: [null], page: 0, nextCursor: null, lastStatus: null });
+  Object.assign(state, { jobId, cursors: [null], page: 0, nextCursor: null, lastStatus: null, ticks: 0, samples: [] });
   $("#job-id").textContent = jobId;
+  $("#job-link").href = `#/jobs/${encodeURIComponent(jobId)}`;
   $("#job-view").hidden = false;
   $("#results-list").replaceChildren();
   $("#entities-table tbody").replaceChildren();
@@ -183,10 +270,14 @@ async function tick(jobId) {
   const first = state.lastStatus === null;
   const finished = state.lastStatus !== null && ACTIVE.has(state.lastStatus) && !active;
   state.lastStatus = job.status;
-  // Results are readable while a job runs: show the first page now, and again as it fills up.
+  state.ticks += 1;
+  // Results and top entities are readable while a job runs: shown now, and again as it fills up.
   if (first || finished || (active && state.page === 0)) await loadResults();
-  if (first || finished) await loadEntities();
-  if (finished) refreshList();
+  if (first || finished || (active && state.ticks % ENTITIES_EVERY === 0)) await loadEntities();
+  if (finished) {
+    refreshList();
+    toast(`Job ${nameOf(jobId) || shortId(jobId)} ${job.status}`);
+  }
   return active;
 }
 
@@ -196,6 +287,8 @@ function resultItem(item) {
   if (typeof item.text === "string") renderEntities(body, item.text, entities);
   else if (entities.length) renderChips(body, entities);
   else body.append(el("span", { class: "muted" }, "no entities"));
+  if (typeof item.text === "string" && !entities.length) body.append(el("span", { class: "muted" }, " (no entities)"));
+  body.setAttribute("aria-label", `Document ${item.id}: ${plural(entities.length, "entity", "entities")}; arrow keys move between them`);
   const status = item.status && item.status !== "done" ? el("span", { class: `badge status-${item.status}` }, item.status) : null;
   return el(
     "li",
@@ -205,7 +298,7 @@ function resultItem(item) {
       { class: "result-head" },
       el("code", {}, item.id),
       status,
-      el("span", { class: "muted" }, `${entities.length} entities · ${modelLabel(item.model_version)}`),
+      el("span", { class: "muted" }, `${plural(entities.length, "entity", "entities")} · ${modelLabel(item.model_version)}`),
     ),
     item.error ? el("div", { class: "error inline" }, item.error) : null,
     body,
@@ -232,6 +325,7 @@ async function loadResults() {
     $("#results-next").disabled = !state.nextCursor;
     showError($("#results-error"), null);
   } catch (error) {
+    $("#results-list").replaceChildren();
     showError($("#results-error"), error);
   }
 }
@@ -266,7 +360,11 @@ async function loadEntities() {
           el("td", {}, type),
           el(
             "td",
-            { class: "num barcell", title: item.documents === undefined ? null : `${item.count} mentions in ${item.documents} documents` },
+            {
+              class: "num barcell",
+              dataset: { sort: item.count || 0 },
+              title: item.documents === undefined ? null : `${item.count} mentions in ${item.documents} documents`,
+            },
             bar,
             el("span", {}, fmtNumber(item.count)),
           ),
@@ -275,14 +373,20 @@ async function loadEntities() {
     );
     showError($("#entities-error"), null);
   } catch (error) {
+    $("#entities-table tbody").replaceChildren();
     showError($("#entities-error"), error);
   }
 }
 
 async function cancelJob() {
+  const label = nameOf(state.jobId) || shortId(state.jobId);
+  if (!confirmAction(`Cancel job ${label}? Documents not processed yet will not be.`)) return;
   try {
     await api(`/jobs/${encodeURIComponent(state.jobId)}/cancel`, { method: "POST" });
-    openJob(state.jobId);
+    toast(`Cancelling job ${label}`);
+    const id = state.jobId;
+    state.jobId = null;
+    openJob(id);
   } catch (error) {
     showError($("#job-error"), error);
   }
@@ -298,6 +402,41 @@ async function download() {
       raw: true,
     });
     await downloadResponse(response, `job-${state.jobId}.ndjson`);
+    toast("Results downloaded");
+  } catch (error) {
+    showError($("#job-error"), error);
+  } finally {
+    button.disabled = false;
+  }
+}
+
+/** Every result (text included) up to EXPORT_MAX documents, page by page. */
+async function allResults(jobId) {
+  const items = [];
+  let cursor = null;
+  do {
+    const page = await api(`/jobs/${encodeURIComponent(jobId)}/results`, { query: { limit: 1000, cursor, include_text: "true" } });
+    items.push(...itemsOf(page));
+    cursor = nextCursorOf(page);
+  } while (cursor && items.length < EXPORT_MAX);
+  return items;
+}
+
+async function exportResults(kind) {
+  const jobId = state.jobId;
+  const button = $(`#job-export-${kind}`);
+  button.disabled = true;
+  try {
+    const items = await allResults(jobId);
+    if (kind === "json") {
+      downloadText(JSON.stringify(items, null, 2), `job-${jobId}.json`);
+    } else {
+      const rows = items.flatMap((item) =>
+        (item.entities || []).map((e) => ({ document: item.id, word: e.word, type: e.entity_group, score: e.score, start: e.start, end: e.end })),
+      );
+      downloadText(toCsv(["document", "word", "type", "score", "start", "end"], rows), `job-${jobId}.csv`, "text/csv");
+    }
+    toast(`Exported ${plural(items.length, "document")} as ${kind.toUpperCase()}`);
   } catch (error) {
     showError($("#job-error"), error);
   } finally {
@@ -310,12 +449,16 @@ export function init() {
   form.addEventListener("submit", submit);
   form.addEventListener("change", (event) => {
     if (event.target.name === "job-source") toggleSource(form);
+    else updateSubmit();
   });
+  $("#job-text").addEventListener("input", updateSubmit);
   $("#jobs-refresh").addEventListener("click", () => refreshList());
   $("#jobs-filter").addEventListener("change", () => refreshList());
   $("#jobs-more").addEventListener("click", () => refreshList({ more: true }));
   $("#job-cancel").addEventListener("click", cancelJob);
   $("#job-download").addEventListener("click", download);
+  $("#job-export-csv").addEventListener("click", () => exportResults("csv"));
+  $("#job-export-json").addEventListener("click", () => exportResults("json"));
   $("#results-next").addEventListener("click", () => {
     if (!state.nextCursor) return;
     state.cursors[state.page + 1] = state.nextCursor;
@@ -332,6 +475,8 @@ export function init() {
     loadResults();
   });
   $("#entities-type").addEventListener("change", loadEntities);
+  makeSortable($("#entities-table"));
+  updateSubmit();
 }
 
 export function show() {

@@ -6,7 +6,11 @@ import { scoreRows } from "./models.js";
 import {
   $,
   $$,
+  activatableRow,
   badge,
+  breakable,
+  cell,
+  confirmAction,
   el,
   fillStats,
   fmtDate,
@@ -17,14 +21,46 @@ import {
   poll,
   setBusy,
   setProgress,
+  setRoute,
   shortId,
   shortModelName,
   showError,
+  toast,
 } from "./util.js";
 
 const ACTIVE = new Set(["queued", "running", "cancelling"]);
 const POLL_MS = 2000;
 const state = { runId: null, poller: null, lastEpochs: -1, lastStatus: null };
+const NAMES_KEY = "ner.runNames";
+
+// The uploaded files' names (the service stores them under hashes), kept in this browser.
+function runNames() {
+  try {
+    return JSON.parse(localStorage.getItem(NAMES_KEY) || "{}");
+  } catch {
+    return {};
+  }
+}
+
+function rememberRunName(runId, name) {
+  const all = runNames();
+  all[runId] = name;
+  const ids = Object.keys(all);
+  for (const old of ids.slice(0, Math.max(0, ids.length - 200))) delete all[old];
+  localStorage.setItem(NAMES_KEY, JSON.stringify(all));
+}
+
+function hasTrainData(form) {
+  return sourceOf(form) === "path" ? Boolean(textField("#train-train")) : $("#train-train-file").files.length > 0;
+}
+
+function updateSubmit() {
+  const form = $("#train-form");
+  const ready = hasTrainData(form);
+  $("#train-submit").disabled = !ready;
+  $("#train-hint").hidden = ready;
+  $("#train-hint").textContent = sourceOf(form) === "path" ? "Name the training data first." : "Choose a training file first.";
+}
 
 const runIdOf = (run) => pick(run, "run_id", "id");
 
@@ -63,6 +99,16 @@ function sourceOf(form) {
 function toggleSource(form) {
   const source = sourceOf(form);
   for (const box of $$("[data-source]", form)) box.hidden = box.dataset.source !== source;
+  updateSubmit();
+}
+
+function uploadNames(form) {
+  if (sourceOf(form) !== "upload") return null;
+  const parts = ["train", "validation", "test"]
+    .map((split) => [split, $(`#train-${split}-file`).files[0]?.name])
+    .filter(([, name]) => name)
+    .map(([split, name]) => (split === "train" ? name : `${split}: ${name}`));
+  return parts.join(", ") || null;
 }
 
 // Uploaded files go to POST /train/uploads first; the run then references the stored paths.
@@ -90,44 +136,56 @@ async function submit(event) {
   const form = event.currentTarget;
   const errorBox = $("#train-form-error");
   showError(errorBox, null);
+  if (!hasTrainData(form)) return showError(errorBox, new Error("Training data is required: name it on the server or choose a file to upload."));
   setBusy($("#train-submit"), $("#train-submit-busy"), true);
   try {
     const created = await api("/train", { method: "POST", json: { data: await dataOf(form), ...params() } });
+    const names = uploadNames(form);
+    if (names) rememberRunName(runIdOf(created), names);
+    toast("Training run queued");
     await refreshRuns();
     openRun(runIdOf(created));
   } catch (error) {
     showError(errorBox, error);
   } finally {
     setBusy($("#train-submit"), $("#train-submit-busy"), false);
+    updateSubmit();
   }
 }
 
 // ---- runs list ------------------------------------------------------------------------------
 
+function epochsDone(run) {
+  return Array.isArray(run.epochs) ? run.epochs.length : pick(run, "epochs_done");
+}
+
+function runRow(run) {
+  const id = runIdOf(run);
+  const status = el("span", {});
+  badge(status, run.status);
+  const epochs = epochsDone(run);
+  const planned = pick(run.params || {}, "epochs");
+  const name = runNames()[id];
+  return activatableRow(
+    { dataset: { runId: id }, class: id === state.runId ? "selected" : "" },
+    () => openRun(id),
+    cell("Started", { class: "date" }, fmtDate(pick(run, "created_at", "started_at"))),
+    cell("Run", {}, el("code", { title: id }, shortId(id)), name ? el("span", { class: "muted small" }, ` ${name}`) : null),
+    cell("Status", {}, status),
+    cell("Epochs", { class: "num" }, epochs === undefined ? "–" : planned ? `${epochs} of ${planned}` : String(epochs)),
+    cell("Version", {}, run.model_version ? `v${run.model_version}` : "–"),
+  );
+}
+
 async function refreshRuns() {
   const errorBox = $("#runs-error");
   try {
     const page = await api("/train", { query: { limit: 10 } });
-    $("#runs-table tbody").replaceChildren(
-      ...itemsOf(page).map((run) => {
-        const id = runIdOf(run);
-        const status = el("span", {});
-        badge(status, run.status);
-        const epochs = Array.isArray(run.epochs) ? run.epochs.length : pick(run, "epochs_done");
-        return el(
-          "tr",
-          { dataset: { runId: id }, class: id === state.runId ? "selected" : "", onclick: () => openRun(id) },
-          el("td", {}, fmtDate(pick(run, "created_at", "started_at"))),
-          el("td", {}, el("code", { title: id }, shortId(id))),
-          el("td", {}, status),
-          el("td", { class: "num" }, epochs ?? "–"),
-          el("td", {}, run.model_version ? `v${run.model_version}` : "–"),
-        );
-      }),
-    );
+    $("#runs-table tbody").replaceChildren(...itemsOf(page).map(runRow));
     showError(errorBox, null);
   } catch (error) {
     // Listing runs is optional for watching one: say why it is empty, keep the rest working.
+    $("#runs-table tbody").replaceChildren();
     showError(errorBox, error);
   }
 }
@@ -148,18 +206,19 @@ function renderRun(run) {
   fillStats($("#run-stats"), [
     ["Epochs done", `${epochs.length}${pick(run.params || {}, "epochs") ? ` of ${run.params.epochs}` : ""}`],
     ["ETA", ACTIVE.has(run.status) ? (typeof eta === "string" ? eta : fmtDuration(eta)) : "–"],
-    ["Base model", el("span", { title: run.base_model || "" }, shortModelName(run.base_model))],
+    ["Base model", el("span", { title: run.base_model || "", class: "base-name" }, ...breakable(shortModelName(run.base_model)))],
+    ["Data", runNames()[runIdOf(run)] ?? undefined],
     ["Loss", pick(run.params || {}, "loss") ?? "–"],
     ["Started", fmtDate(pick(run, "started_at", "created_at"))],
     ["Finished", fmtDate(pick(run, "finished_at"))],
     [
       "Published",
       version
-        ? el("a", { href: "#models", dataset: { version } }, `version ${version}${run.promoted === true ? " (promoted)" : run.promoted === false ? " (candidate)" : ""}`)
+        ? el("a", { href: `#/models/${version}` }, `version ${version}${run.promoted === true ? " (promoted)" : run.promoted === false ? " (candidate)" : ""}`)
         : "–",
     ],
   ]);
-  const failure = run.error ? Object.assign(new Error(`Run ${run.status}: ${run.error}`), { name: "ApiError" }) : null;
+  const failure = run.error ? Object.assign(new Error(`The run ${run.status}: ${run.error}`), { name: "ApiError" }) : null;
   showError($("#run-error"), failure);
   $("#run-cancel").disabled = !ACTIVE.has(run.status);
 
@@ -170,9 +229,14 @@ function renderRun(run) {
     $("#run-test-table tbody").replaceChildren(...scoreRows(test));
   }
 
-  if (epochs.length !== state.lastEpochs) {
+  if (epochs.length !== state.lastEpochs || (!ACTIVE.has(run.status) && state.lastStatus !== run.status)) {
     state.lastEpochs = epochs.length;
-    $("#run-charts").replaceChildren(...epochCharts(epochs, pick(run.params || {}, "epochs")));
+    const ended = !ACTIVE.has(run.status);
+    $("#run-charts").replaceChildren(
+      ...(ended && !epochs.length
+        ? [el("p", { class: "muted", id: "run-no-epochs" }, `No epoch finished before the run ${run.status === "succeeded" ? "ended" : `was ${run.status}`}: there are no curves to draw.`)]
+        : epochCharts(epochs, pick(run.params || {}, "epochs"))),
+    );
     $("#run-epochs tbody").replaceChildren(
       ...epochs.map((e) =>
         el(
@@ -193,6 +257,9 @@ function renderRun(run) {
 
 export function openRun(runId) {
   if (!runId) return;
+  setRoute(`#/runs/${encodeURIComponent(runId)}`);
+  $("#run-link").href = `#/runs/${encodeURIComponent(runId)}`;
+  if (state.runId === runId && state.poller && !$("#run-view").hidden) return;
   state.poller?.stop();
   Object.assign(state, { runId, lastEpochs: -1, lastStatus: null });
   $("#run-id").textContent = runId;
@@ -204,6 +271,8 @@ export function openRun(runId) {
       const run = await api(`/train/${encodeURIComponent(runId)}`);
       if (state.runId !== runId) return false;
       renderRun(run);
+      // The run's row in the list moves with it (status, epochs), not only on Refresh.
+      $(`#runs-table tbody tr[data-run-id="${CSS.escape(runId)}"]`)?.replaceWith(runRow(run));
       const active = ACTIVE.has(run.status);
       if (state.lastStatus && ACTIVE.has(state.lastStatus) && !active) refreshRuns();
       state.lastStatus = run.status;
@@ -215,9 +284,13 @@ export function openRun(runId) {
 }
 
 async function cancelRun() {
+  if (!confirmAction(`Cancel training run ${shortId(state.runId)}? Its progress is lost.`)) return;
   try {
     await api(`/train/${encodeURIComponent(state.runId)}/cancel`, { method: "POST" });
-    openRun(state.runId);
+    toast(`Cancelling run ${shortId(state.runId)}`);
+    const id = state.runId;
+    state.runId = null;
+    openRun(id);
   } catch (error) {
     showError($("#run-error"), error);
   }
@@ -228,7 +301,10 @@ export function init() {
   form.addEventListener("submit", submit);
   form.addEventListener("change", (event) => {
     if (event.target.name === "train-source") toggleSource(form);
+    else updateSubmit();
   });
+  $("#train-train").addEventListener("input", updateSubmit);
+  updateSubmit();
   $("#runs-refresh").addEventListener("click", refreshRuns);
   $("#run-cancel").addEventListener("click", cancelRun);
   $("#run-open").addEventListener("submit", (event) => {

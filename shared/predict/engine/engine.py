@@ -18,7 +18,7 @@ from shared.predict import casing
 from shared.predict.engine import words
 from shared.predict.engine.batching import group_by_length
 from shared.predict.engine.errors import ModelLoadError
-from shared.predict.engine.runtime import configure_cpu_threads, pick_device, prepare_model
+from shared.predict.engine.runtime import configure_cpu_threads, pick_device, prepare_model, resolve_precision
 from shared.predict.engine.spans import decode_entities
 from shared.predict.engine.windows import plan_windows
 from shared.predict.schemas import Entity
@@ -36,7 +36,10 @@ _SURROGATES = re.compile("[\ud800-\udfff]")
 @dataclass(frozen=True)
 class EngineOptions:
     device: str = "auto"  # auto | cpu | cuda
-    quantize: str = "none"  # none | int8
+    # auto | fp32 | bf16 | fp16 | int8 (runtime.resolve_precision). fp32 by default here, so a direct
+    # library call is exact and reproducible; the service's NER_PRECISION defaults to auto.
+    precision: str = "fp32"
+    quantize: str = "none"  # none | int8: the older setting, int8 here means precision int8
     num_threads: int | None = None
     batch_size: int = 32  # windows per forward pass
     max_window_tokens: int = 256  # including the special tokens
@@ -46,12 +49,22 @@ class EngineOptions:
     def from_settings(cls, settings: Settings) -> EngineOptions:
         return cls(
             device=settings.device,
+            precision=settings.precision,
             quantize=settings.quantize,
             num_threads=settings.num_threads,
             batch_size=settings.engine_batch_size,
             max_window_tokens=settings.max_window_tokens,
             stride_tokens=settings.window_stride_tokens,
         )
+
+    @property
+    def requested_precision(self) -> str:
+        """``precision``, with the older ``quantize="int8"`` meaning int8."""
+        return "int8" if self.quantize == "int8" else self.precision
+
+    def resolved_precision(self) -> str:
+        """What an engine loaded with these options runs in on this machine (``auto`` resolved)."""
+        return resolve_precision(self.requested_precision, pick_device(self.device))
 
 
 @dataclass
@@ -82,7 +95,9 @@ class NerEngine:
         self.options = options
         self.device = pick_device(options.device)
         self.threads = configure_cpu_threads(options.num_threads) if self.device.type == "cpu" else None
-        self.model, self.precision = prepare_model(model, self.device, options.quantize)
+        self.model, self.precision = prepare_model(
+            model, self.device, resolve_precision(options.requested_precision, self.device)
+        )
         self.tokenizer = tokenizer
         self.id2label = {int(k): v for k, v in model.config.id2label.items()}
         self.case_feature = casing.uses_case_feature(model.config)
@@ -108,7 +123,7 @@ class NerEngine:
             tokenizer = AutoTokenizer.from_pretrained(source)
             # safetensors only: a pickle checkpoint (pytorch_model.bin) runs code when loaded.
             # fp32 whatever the files hold: the shipped default model is stored fp16 (half the size);
-            # CPU runs fp32 or int8, and CUDA halves it again in prepare_model.
+            # prepare_model then casts or quantizes it to the precision it runs in.
             model = AutoModelForTokenClassification.from_pretrained(
                 source, use_safetensors=True, dtype=torch.float32
             )

@@ -1,0 +1,96 @@
+"""Pool children's memory (issue 21): bounded shape caches, heap trimming, and the replacement net.
+
+The growth itself (226 -> 737 MB in a 4-minute soak) is measured by ``bench/soak.py``; these tests
+check that the pieces are in place in real processes: a worker whose pool child passes
+NER_WORKER_MAX_MEMORY_MB is given a fresh child after its task, and the job is still done once.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+from sqlalchemy import func, select
+
+from shared.core.celery_app import celery_app, configure
+from shared.core.config import get_settings
+from shared.core.db import session_scope
+from shared.core.tables import Job, JobResult, JobStatus
+from tests.support.processes import ServiceProcess, start_gateway, start_worker, wait_until
+from worker import runtime
+
+pytestmark = pytest.mark.slow
+
+
+def test_the_onednn_cache_is_bounded_unless_the_operator_chose(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(runtime.ONEDNN_CACHE_ENV, raising=False)
+    runtime.bound_shape_caches()
+    assert os.environ[runtime.ONEDNN_CACHE_ENV] == runtime.ONEDNN_CACHE_CAPACITY
+    monkeypatch.setenv(runtime.ONEDNN_CACHE_ENV, "256")
+    runtime.bound_shape_caches()
+    assert os.environ[runtime.ONEDNN_CACHE_ENV] == "256"
+    runtime.trim_heap()  # glibc here: returns freed pages, raises nothing
+
+
+def test_the_memory_limit_reaches_celery(monkeypatch: pytest.MonkeyPatch) -> None:
+    try:
+        configure(celery_app, get_settings().model_copy(update={"worker_max_memory_mb": 1500}))
+        assert celery_app.conf.worker_max_memory_per_child == 1500 * 1024  # KiB
+        configure(celery_app, get_settings().model_copy(update={"worker_max_memory_mb": 0}))
+        assert celery_app.conf.worker_max_memory_per_child is None  # never replaced
+    finally:
+        configure(celery_app, get_settings())
+
+
+@pytest.fixture
+def stack(
+    service_env: dict[str, str], tiny_model_dir: Path, log_dir: Path
+) -> Iterator[tuple[str, ServiceProcess]]:
+    env = {
+        **service_env,
+        "NER_MODEL": str(tiny_model_dir),
+        "NER_CHUNK_MAX_DOCUMENTS": "2",
+        "NER_WORKER_MAX_MEMORY_MB": "1",  # every child is over it: replaced after each task
+    }
+    gateway, url = start_gateway(env, log_dir)
+    worker = start_worker(env, log_dir)
+    try:
+        yield url, worker
+    finally:
+        worker.stop()
+        gateway.stop()
+
+
+def test_a_child_over_the_limit_is_replaced_after_its_task_and_the_job_is_done_once(
+    stack: tuple[str, ServiceProcess],
+) -> None:
+    url, worker = stack
+    main = psutil.Process(worker.pid)
+    (first,) = main.children()
+    documents = [{"id": f"d{i}", "text": f"Kofi Annan visited Paris on day {i}."} for i in range(6)]
+    response = httpx.post(f"{url}/jobs", json={"documents": documents}, timeout=30)
+    assert response.status_code == 202, response.text
+    job_id = uuid.UUID(response.json()["job_id"])
+
+    def status() -> JobStatus:
+        with session_scope() as session:
+            return session.get(Job, job_id).status
+
+    wait_until(lambda: status() == JobStatus.succeeded, 180, "the job", worker)
+    with session_scope() as session:
+        rows, distinct = session.execute(
+            select(func.count(), func.count(func.distinct(JobResult.seq))).where(JobResult.job_id == job_id)
+        ).one()
+    assert (rows, distinct) == (6, 6)
+    deadline = time.monotonic() + 60
+    while first.pid in [child.pid for child in main.children()] and time.monotonic() < deadline:
+        time.sleep(0.5)
+    children = main.children()
+    assert first.pid not in [child.pid for child in children], "the child over the limit was kept"
+    assert worker.alive()
