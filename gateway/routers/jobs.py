@@ -128,11 +128,13 @@ async def submit_job(
                 content_type=upload.content_type,
             )
             documents = parse_upload(upload.file, fmt=fmt, document_max_chars=settings.document_max_chars)
+            # Named as the caller says, else after the file they sent.
+            options = {"name": upload.filename, **form_values(form)}
             job, created = await run_in_threadpool(
                 service.create_job,
                 documents=documents,
                 retention_days=parse_retention(form.get("retention_days")),
-                options=form_values(form),
+                options=options,
                 **create,
             )
     elif content_type.startswith("application/json") or not content_type:

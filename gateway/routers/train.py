@@ -86,7 +86,9 @@ async def upload_data(
         filename=file.filename,
         stream=file.file,
     )
-    return UploadOut(path=str(stored.path), bytes=stored.bytes, sha256=stored.sha256)
+    return UploadOut(
+        path=str(stored.path), bytes=stored.bytes, sha256=stored.sha256, filename=stored.filename
+    )
 
 
 @router.get(

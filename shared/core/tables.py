@@ -120,6 +120,7 @@ class TrainingUpload(Base):
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
     api_key_id: Mapped[int | None] = mapped_column(ForeignKey("api_keys.id", ondelete="SET NULL"), index=True)
     path: Mapped[str] = mapped_column(Text, unique=True)  # relative to the uploads folder
+    filename: Mapped[str | None] = mapped_column(Text)  # as the caller named it (shown, never a path)
     bytes: Mapped[int] = mapped_column(BigInteger)
     sha256: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
@@ -204,6 +205,7 @@ class Job(Base):
         ForeignKey("model_versions.version", ondelete="RESTRICT")
     )
     model_ref: Mapped[str] = mapped_column(Text, default="")
+    name: Mapped[str | None] = mapped_column(Text)  # the caller's name for it (an upload's file name)
     total: Mapped[int] = mapped_column(Integer, default=0)
     done: Mapped[int] = mapped_column(Integer, default=0)
     failed: Mapped[int] = mapped_column(Integer, default=0)

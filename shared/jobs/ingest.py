@@ -250,7 +250,9 @@ def parse_retention(value: Any) -> int | None:
 
 
 # Keys of a JSON job body besides documents and retention_days (shared/jobs/options.py).
-JOB_OPTION_KEYS = ("offset_encoding", "labels", "exclude_labels", "min_score", "redact", "callback_url")
+JOB_OPTION_KEYS = (
+    "offset_encoding", "labels", "exclude_labels", "min_score", "redact", "callback_url", "name",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)

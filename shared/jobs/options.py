@@ -106,7 +106,7 @@ def form_values(form: Mapping[str, Any]) -> dict[str, Any]:
     object; ``redact``: a mode (``mask``) or a JSON object ``{"mode": ..., "types": [...]}``.
     """
     values: dict[str, Any] = {}
-    for field in (*OPTION_FIELDS, "callback_url"):
+    for field in (*OPTION_FIELDS, "callback_url", "name"):
         raw = form.get(field)
         if raw is None or raw == "":
             continue

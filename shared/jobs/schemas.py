@@ -93,6 +93,7 @@ class JobView(BaseModel):
     """A job's state and progress."""
 
     job_id: uuid.UUID
+    name: str | None = Field(default=None, description="The job's name (given, or the uploaded file's name)")
     status: JobStatus
     total: int = Field(description="Documents in the job")
     done: int = Field(description="Documents processed successfully")
@@ -182,6 +183,7 @@ def job_view(job: Job, *, now: datetime | None = None, callback: dict[str, Any] 
     status_url = f"/jobs/{job.id}"
     return JobView(
         job_id=job.id,
+        name=job.name,
         status=job.status,
         total=job.total,
         done=job.done,

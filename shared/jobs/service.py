@@ -84,6 +84,22 @@ def check_document(doc: IncomingDocument, *, max_chars: int) -> int:
     return length
 
 
+# A job's name: what people call it in lists (an upload's file name by default), never an identifier.
+JOB_NAME_MAX_CHARS = 200
+
+
+def job_name(value: object) -> str | None:
+    """A submitted job name, checked: text of at most 200 characters, control characters removed."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidSubmission("name: must be a string")
+    cleaned = "".join(ch for ch in value if ch.isprintable()).strip()
+    if len(cleaned) > JOB_NAME_MAX_CHARS:
+        raise InvalidSubmission(f"name: at most {JOB_NAME_MAX_CHARS} characters (got {len(cleaned)})")
+    return cleaned or None
+
+
 def create_job(
     *,
     session: Session,
@@ -107,6 +123,7 @@ def create_job(
     if idempotency_key is not None and not 1 <= len(idempotency_key) <= 200:
         raise InvalidSubmission("Idempotency-Key: must be 1 to 200 characters")
     options = dict(options or {})
+    name = job_name(options.pop("name", None))
     callback_url = options.pop("callback_url", None)
     if callback_url is not None:
         check_callback_url(callback_url, settings=settings)
@@ -130,6 +147,7 @@ def create_job(
             status=JobStatus.queued,
             model_version=model.version,
             model_ref=model.ref,
+            name=name,
             retention_days=retention,
             idempotency_key=idempotency_key,
             api_key_id=owner.key_id,

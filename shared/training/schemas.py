@@ -133,6 +133,7 @@ class UploadOut(BaseModel):
     path: str = Field(description="Where the file was stored; use it as a data reference in POST /train.")
     bytes: int
     sha256: str
+    filename: str | None = Field(default=None, description="The file's name as sent (shown, never a path)")
 
 
 def run_view(run: TrainingRun) -> TrainRunOut:

@@ -43,6 +43,13 @@ class StoredUpload:
     path: Path
     bytes: int
     sha256: str
+    filename: str | None  # as the caller named it
+
+
+def shown_name(filename: str | None) -> str | None:
+    """The caller's file name as people see it: printable characters, at most 200 (never a path)."""
+    cleaned = "".join(ch for ch in (filename or "") if ch.isprintable()).strip()
+    return cleaned[:200] or None
 
 
 def safe_name(filename: str | None) -> str:
@@ -98,6 +105,7 @@ def store_upload(
             TrainingUpload(
                 api_key_id=owner.key_id,
                 path=str(target.relative_to(settings.uploads_dir)),
+                filename=shown_name(filename),
                 bytes=size,
                 sha256=digest.hexdigest(),
                 expires_at=utcnow() + timedelta(days=settings.train_upload_retention_days),
@@ -108,7 +116,7 @@ def store_upload(
         shutil.rmtree(folder, ignore_errors=True)
         _delete_stored(settings, folder.name)
         raise
-    return StoredUpload(path=target, bytes=size, sha256=digest.hexdigest())
+    return StoredUpload(path=target, bytes=size, sha256=digest.hexdigest(), filename=shown_name(filename))
 
 
 def _quota_message(settings: Settings) -> str:

@@ -215,6 +215,24 @@ def _upload(client: TestClient, name: str, content: bytes, **fields: str) -> Any
     return client.post("/jobs", files={"file": (name, io.BytesIO(content))}, data=fields)
 
 
+def test_a_job_keeps_its_name_or_its_upload_file_name(client: TestClient) -> None:
+    named = client.post("/jobs", json={"documents": [{"text": "Paris"}], "name": "press\u0007 review "})
+    assert named.status_code == 202, named.text
+    assert client.get(f"/jobs/{named.json()['job_id']}").json()["name"] == "press review"
+    uploaded = _upload(client, "week 48.jsonl", b'{"text": "Paris"}\n')
+    assert uploaded.status_code == 202, uploaded.text
+    job = client.get(f"/jobs/{uploaded.json()['job_id']}").json()
+    assert job["name"] == "week 48.jsonl"
+    assert any(item.get("name") == "week 48.jsonl" for item in client.get("/jobs").json()["items"])
+    renamed = client.post(
+        "/jobs", files={"file": ("a.jsonl", io.BytesIO(b'{"text": "Paris"}\n'))}, data={"name": "Monday"}
+    )
+    assert client.get(f"/jobs/{renamed.json()['job_id']}").json()["name"] == "Monday"
+    for bad, needle in ((["x"], "must be a string"), ("n" * 201, "at most 200")):
+        refused = client.post("/jobs", json={"documents": [{"text": "Paris"}], "name": bad})
+        assert refused.status_code == 422 and "name" in refused.text and needle in refused.text
+
+
 def _stored_documents(job_id: str) -> list[tuple[str, str]]:
     with session_scope() as session:
         rows = session.execute(

@@ -124,6 +124,7 @@ def test_uploaded_data_lands_in_the_uploads_folder_and_can_be_referenced(
     stored = Path(response.json()["path"])
     assert stored.is_relative_to(get_settings().uploads_dir) and stored.name == "evil_name.conll"
     assert stored.read_bytes() == content and response.json()["bytes"] == len(content)
+    assert response.json()["filename"] == "../../evil name.conll"  # as sent: shown, never used as a path
     started = client.post("/train", json={"data": {"train": str(stored)}, "epochs": 1})
     assert started.status_code == 202, started.text
     client.post(f"/train/{started.json()['run_id']}/cancel")

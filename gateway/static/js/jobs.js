@@ -51,7 +51,8 @@ const state = {
 
 const jobIdOf = (job) => pick(job, "job_id", "id");
 
-// ---- names: the upload's file name (or the first words pasted), kept in this browser ------------
+// ---- names: the server keeps each job's (the upload's file name, or the first words pasted); ----
+// ---- this browser's copy only covers servers that do not return one yet ---------------------
 
 function names() {
   try {
@@ -120,8 +121,9 @@ async function submit(event) {
     if (!lines.length) return showError(errorBox, new Error("Paste at least one document, one per line."));
     // Readable ids: the results then say doc-1, doc-2, ... in the order pasted.
     const documents = lines.map((text, index) => ({ id: `doc-${index + 1}`, text }));
-    request = { method: "POST", json: retention === undefined ? { documents } : { documents, retention_days: retention } };
     name = `pasted: ${firstWords(lines[0])}`;
+    const json = retention === undefined ? { documents, name } : { documents, name, retention_days: retention };
+    request = { method: "POST", json };
   }
   setBusy($("#job-submit"), $("#job-submit-busy"), true);
   try {
@@ -149,7 +151,7 @@ async function submitAndOpen(request, name) {
 /** Submit documents as a job and show it on the Jobs tab (used by "Try it" for oversized texts). */
 export async function submitDocuments(documents, name) {
   location.hash = "#/jobs";
-  return submitAndOpen({ method: "POST", json: { documents } }, name);
+  return submitAndOpen({ method: "POST", json: name ? { documents, name } : { documents } }, name);
 }
 
 function toggleSource(form) {
@@ -166,7 +168,7 @@ function jobRow(job) {
   const done = (pick(job, "done") ?? 0) + (pick(job, "failed") ?? 0);
   const status = el("span", {});
   badge(status, job.status);
-  const name = nameOf(id);
+  const name = job.name || nameOf(id);
   return activatableRow(
     { dataset: { jobId: id }, class: id === state.jobId ? "selected" : "" },
     () => openJob(id),
@@ -225,7 +227,7 @@ function renderJob(job) {
   const expires = pick(job, "expires_at");
   const retention = pick(job, "retention_days");
   fillStats($("#job-stats"), [
-    ["Name", nameOf(state.jobId) ?? undefined],
+    ["Name", job.name || nameOf(state.jobId) || undefined],
     ["Documents", `${fmtNumber(processed)} of ${fmtNumber(total)}`],
     ["Failed", fmtNumber(failed)],
     ["Throughput", throughput === undefined || throughput === null ? "–" : `${fmtNumber(throughput, 1)} docs/s`],
@@ -276,7 +278,7 @@ async function tick(jobId) {
   if (first || finished || (active && state.ticks % ENTITIES_EVERY === 0)) await loadEntities();
   if (finished) {
     refreshList();
-    toast(`Job ${nameOf(jobId) || shortId(jobId)} ${job.status}`);
+    toast(`Job ${job.name || nameOf(jobId) || shortId(jobId)} ${job.status}`);
   }
   return active;
 }

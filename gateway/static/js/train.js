@@ -33,7 +33,8 @@ const POLL_MS = 2000;
 const state = { runId: null, poller: null, lastEpochs: -1, lastStatus: null };
 const NAMES_KEY = "ner.runNames";
 
-// The uploaded files' names (the service stores them under hashes), kept in this browser.
+// The uploaded files' names as this browser sent them: only for runs whose data the server shows
+// without them (see dataNames).
 function runNames() {
   try {
     return JSON.parse(localStorage.getItem(NAMES_KEY) || "{}");
@@ -49,6 +50,22 @@ function rememberRunName(runId, name) {
   for (const old of ids.slice(0, Math.max(0, ids.length - 200))) delete all[old];
   localStorage.setItem(NAMES_KEY, JSON.stringify(all));
 }
+
+// The run's data as people named it: a stored upload's path ends in its file name
+// (uploads/<folder>/<name>), a server path or hub id is shown as it is.
+function dataNames(run) {
+  const data = run.data || {};
+  const parts = ["train", "validation", "test"]
+    .filter((split) => typeof data[split] === "string" && data[split])
+    .map((split) => {
+      const ref = data[split];
+      const name = /(^|\/)uploads\//.test(ref) ? ref.split("/").pop() : ref;
+      return split === "train" ? name : `${split}: ${name}`;
+    });
+  return parts.join(", ") || null;
+}
+
+const runName = (run) => dataNames(run) || runNames()[runIdOf(run)] || null;
 
 function hasTrainData(form) {
   return sourceOf(form) === "path" ? Boolean(textField("#train-train")) : $("#train-train-file").files.length > 0;
@@ -165,7 +182,7 @@ function runRow(run) {
   badge(status, run.status);
   const epochs = epochsDone(run);
   const planned = pick(run.params || {}, "epochs");
-  const name = runNames()[id];
+  const name = runName(run);
   return activatableRow(
     { dataset: { runId: id }, class: id === state.runId ? "selected" : "" },
     () => openRun(id),
@@ -207,7 +224,7 @@ function renderRun(run) {
     ["Epochs done", `${epochs.length}${pick(run.params || {}, "epochs") ? ` of ${run.params.epochs}` : ""}`],
     ["ETA", ACTIVE.has(run.status) ? (typeof eta === "string" ? eta : fmtDuration(eta)) : "–"],
     ["Base model", el("span", { title: run.base_model || "", class: "base-name" }, ...breakable(shortModelName(run.base_model)))],
-    ["Data", runNames()[runIdOf(run)] ?? undefined],
+    ["Data", runName(run) ?? undefined],
     ["Loss", pick(run.params || {}, "loss") ?? "–"],
     ["Started", fmtDate(pick(run, "started_at", "created_at"))],
     ["Finished", fmtDate(pick(run, "finished_at"))],
