@@ -51,9 +51,10 @@ def node(request: pytest.FixtureRequest, s3_server: S3Server, database: str, tmp
         store = {"artifacts_url": "postgresql"}
 
     def make(name: str) -> Settings:
+        # Its own artifacts folder too: the session's NER_ARTIFACTS_DIR (other tests' versions) is not it.
         return Settings(
-            database_url=database, state_dir=tmp_path / name, redis_url="redis://127.0.0.1:1/0",
-            model_poll_seconds=0.2, **store,
+            database_url=database, state_dir=tmp_path / name, artifacts_dir=tmp_path / name / "models",
+            redis_url="redis://127.0.0.1:1/0", model_poll_seconds=0.2, **store,
         )  # fmt: skip
 
     return make
