@@ -225,8 +225,9 @@ class KeepAliveConnection:
     here, this at ~1,700, so the client no longer flattens the differences being measured.
     """
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, api_key: str | None = None) -> None:
         self.port = port
+        self.extra_headers = f"X-API-Key: {api_key}\r\n" if api_key else ""
 
     async def open(self) -> None:
         self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
@@ -235,7 +236,7 @@ class KeepAliveConnection:
         payload = json.dumps(body).encode()
         head = (
             f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(payload)}\r\n\r\n"
+            f"Content-Length: {len(payload)}\r\n{self.extra_headers}\r\n"
         )
         self.writer.write(head.encode() + payload)
         status_line = await self.reader.readuntil(b"\r\n")
@@ -251,7 +252,9 @@ class KeepAliveConnection:
         self.writer.close()
 
 
-async def _load(port: int, texts: list[str], clients: int, warmup: float, duration: float) -> LoadResult:
+async def _load(
+    port: int, texts: list[str], clients: int, warmup: float, duration: float, api_key: str | None = None
+) -> LoadResult:
     latencies: list[float] = []
     errors = 0
     counter = iter(range(10**9))
@@ -260,7 +263,7 @@ async def _load(port: int, texts: list[str], clients: int, warmup: float, durati
 
     async def one_client() -> None:
         nonlocal errors
-        connection = KeepAliveConnection(port)
+        connection = KeepAliveConnection(port, api_key)
         await connection.open()
         try:
             while (now := time.perf_counter()) < stop_at:
@@ -282,8 +285,11 @@ async def _load(port: int, texts: list[str], clients: int, warmup: float, durati
 class Server:
     """One app under uvicorn in its own process; logs to a temporary file."""
 
-    def __init__(self, name: str, argv: list[str], env: dict[str, str], ready_path: str) -> None:
-        self.name, self.port = name, free_port()
+    def __init__(
+        self, name: str, argv: list[str], env: dict[str, str], ready_path: str, api_key: str | None = None
+    ) -> None:
+        self.name, self.port, self.api_key = name, free_port(), api_key
+        self.headers = {"X-API-Key": api_key} if api_key else {}
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = tempfile.NamedTemporaryFile(prefix=f"bench-{name}-", suffix=".log", delete=False)  # noqa: SIM115 (open while the server runs)
         argv = [a.replace("{port}", str(self.port)) for a in argv]
@@ -300,7 +306,8 @@ class Server:
             if self.process.poll() is not None:
                 raise RuntimeError(f"{self.name} exited; log: {self.log.name}")
             try:
-                body = httpx.get(self.url + path, timeout=2).json()
+                # With keys on, /readyz shows its checks to an admin key only.
+                body = httpx.get(self.url + path, headers=self.headers, timeout=2).json()
                 # The gateway's /readyz also checks the broker; only the model matters here.
                 if body.get("checks", {}).get("model", "ok") == "ok":
                     return
@@ -335,26 +342,41 @@ def start_reference(model: Path, omp_wait_policy: str | None) -> Server:
     return Server(name, argv, env, "/healthz")
 
 
-def start_gateway(model: Path, state: Path, precision: str, extra: dict[str, str] | None = None) -> Server:
+def start_gateway(
+    model: Path, state: Path, precision: str, extra: dict[str, str] | None = None, *, auth: bool = False
+) -> Server:
+    """``ner serve`` at ``precision``; with ``auth``, keys on and one key that every client sends: the
+    request path with its key check and bucket charge (no practical rate limit, and a per-key cap
+    in flight above the clients: the limits themselves are not what is measured)."""
     env = {
-        **(extra or {}),
         "NER_MODEL": str(model),
         "NER_PRECISION": precision,
         "NER_QUANTIZE": "",  # unset: NER_PRECISION alone decides
-        "NER_AUTH": "off",
+        "NER_AUTH": "on" if auth else "off",
         "NER_STATE_DIR": str(state),
         "NER_DATABASE_URL": "",  # the SQLite file in the state folder
         "NER_LOG_LEVEL": "WARNING",
+        **({"NER_PREDICT_MAX_CONCURRENT_PER_KEY": "1000"} if auth else {}),
+        **(extra or {}),
     }
-    subprocess.run(
-        [sys.executable, "-m", "shared.cli", "db", "upgrade"],
-        env={key: value for key, value in {**os.environ, **env}.items() if value != ""},
-        cwd=REPO,
-        check=True,
-        capture_output=True,
-    )
-    argv = [sys.executable, "-m", "shared.cli", "serve", "--port", "{port}"]
-    return Server(f"gateway-{precision}", argv, env, "/readyz")
+    environ = {key: value for key, value in {**os.environ, **env}.items() if value != ""}
+    cli = [sys.executable, "-m", "shared.cli"]
+    subprocess.run([*cli, "db", "upgrade"], env=environ, cwd=REPO, check=True, capture_output=True)
+    api_key = None
+    if auth:
+        created = subprocess.run(
+            # admin: /readyz shows it whether the model is loaded; the scope check costs the same.
+            [*cli, "keys", "create", "--scope", "admin", "--rate-limit", "10000000", "--name", "bench"],
+            env=environ,
+            cwd=REPO,
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        api_key = created.stdout.strip()
+    argv = [*cli, "serve", "--port", "{port}"]
+    name = f"gateway-{precision}" + ("-auth" if auth else "")
+    return Server(name, argv, env, "/readyz", api_key=api_key)
 
 
 def run_load(
@@ -362,7 +384,7 @@ def run_load(
 ) -> dict[int, LoadResult]:
     results = {}
     for clients in levels:
-        results[clients] = uvloop.run(_load(server.port, texts, clients, warmup, duration))
+        results[clients] = uvloop.run(_load(server.port, texts, clients, warmup, duration, server.api_key))
         r = results[clients]
         print(
             f"  {server.name:>16} {clients:>3} clients: {r.rps:7.1f} req/s  p50 {r.percentile(50):7.1f} ms  "
@@ -438,6 +460,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--omp-passive", action="store_true", help="also the reference with OMP passive")
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
+    parser.add_argument(
+        "--auth",
+        action="store_true",
+        help="also each gateway with NER_AUTH=on and a key (the key check and rate-limit charge per request)",
+    )
     args = parser.parse_args(argv)
     conll_dir = get_settings().conll_dir
     levels = [int(c) for c in args.clients.split(",")]
@@ -501,6 +528,13 @@ def main(argv: list[str] | None = None) -> int:
                     lambda p=precision: start_gateway(model_dir, Path(state) / p, p),
                 )
             )
+            if args.auth:
+                servers.append(
+                    (
+                        f"gateway {precision}, auth on",
+                        lambda p=precision: start_gateway(model_dir, Path(state) / f"{p}-auth", p, auth=True),
+                    )
+                )
         for name, start in servers:
             server = start()
             try:
@@ -526,6 +560,11 @@ def main(argv: list[str] | None = None) -> int:
         command = "make bench-predict" if not given else "python -m bench.predict " + " ".join(given)
         write_section("predict", markdown, command=command)
     return 0
+
+
+def _precision_of(server: str) -> str:
+    """``fp32`` of ``gateway fp32`` and of ``gateway fp32, auth on``."""
+    return server.removeprefix("gateway ").split(",")[0]
 
 
 def render(
@@ -559,7 +598,7 @@ def render(
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name, results in loads.items():
-        precision = name.removeprefix("gateway ")
+        precision = _precision_of(name)
         raw = engines.get(precision, {}).get("sentences_per_s") if name.startswith("gateway") else None
         for clients in levels:
             r = results[clients]
@@ -579,7 +618,7 @@ def render(
     for name, results in loads.items():
         if not name.startswith("gateway"):
             continue
-        raw = engines[name.removeprefix("gateway ")]["sentences_per_s"]
+        raw = engines[_precision_of(name)]["sentences_per_s"]
         r, single = results[top], results[one]
         lines.append(
             f"- {name}: {r.rps / raw:.0%} of the raw engine ({r.rps:.0f} req/s vs {raw:.0f} sentences/s), "

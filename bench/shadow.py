@@ -3,8 +3,12 @@
 One gateway and one worker (which consumes the ``shadow`` queue) over a private Postgres database
 and Redis; version 1 (active) is the predict benchmark's model (or the tests' tiny one), version 2
 the same weights with PER and ORG swapped, so every sampled text really is compared. Rounds
-alternate off / on at 8 keep-alive clients on ``POST /predict/`` (CoNLL test sentences); p50/p99
-and requests/s per mode are pooled over the rounds and written into ``docs/benchmarks.md``.
+rotate the three modes (off; 100% with the worker paused, the gateway's own cost; 100% with the
+worker running) at 8 keep-alive clients on ``POST /predict/`` (CoNLL test sentences). Each round
+is compared with the off round next to it (the median of those changes is the headline: a busy
+neighbour that slows one round moves one ratio, not the result); pooled p50/p99, the gateway's
+CPU per request (from /proc, during the measured seconds) and the load averages are reported too,
+and the section is written into ``docs/benchmarks.md``.
 
 The worker runs at ``nice 19``: on a shared machine its comparisons (both models, every text) would
 otherwise take the gateway's CPU, which is a capacity question for the worker fleet, not latency the
@@ -20,8 +24,11 @@ import os
 import shutil
 import signal
 import statistics
+import sys
 import tempfile
+import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -38,7 +45,7 @@ from tests.support.processes import ServiceProcess, ner, wait_until
 from trainer.conll import read_conll
 
 SWAP = {"B-PER": "B-ORG", "I-PER": "I-ORG", "B-ORG": "B-PER", "I-ORG": "I-PER"}
-COMMAND = "make bench-shadow"
+COMMAND = "make bench-shadow"  # the default run; other arguments are named in the section
 
 
 def register_versions(model: Path, state: Path) -> tuple[int, int]:
@@ -141,6 +148,65 @@ def rerun_at_scale(documents: int) -> dict[str, float | int]:
     return {"documents": documents, "changed": len(seqs), "copy_s": copy_s, "diff_s": diff_s}
 
 
+def cpu_seconds(stat: Path) -> float:
+    """User+system CPU seconds so far of a process (``/proc/PID/stat``) or a thread (``task/TID/stat``)."""
+    try:
+        fields = stat.read_text().rsplit(")", 1)[1].split()
+    except OSError:  # a thread that is not there (yet)
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def sender_stat(pid: int) -> Path | None:
+    """The gateway's shadow-send thread (the sampler names its OS threads), once it has started."""
+    for comm in Path(f"/proc/{pid}/task").glob("*/comm"):
+        try:
+            if comm.read_text().strip() == "shadow-send":
+                return comm.with_name("stat")
+        except OSError:
+            continue
+    return None
+
+
+def cpu_pair(pid: int) -> tuple[float, float]:
+    """The gateway's CPU seconds and its shadow-send thread's."""
+    sender = sender_stat(pid)
+    return cpu_seconds(Path(f"/proc/{pid}/stat")), cpu_seconds(sender) if sender else 0.0
+
+
+@dataclass
+class Round:
+    """One measured round of one mode: its latencies, the gateway's CPU, the machine's load."""
+
+    mode: str
+    result: LoadResult
+    cpu_s: float  # the gateway's CPU seconds during the measured seconds
+    send_cpu_s: float  # ... of which its shadow-send thread's (draining, encoding, publishing)
+    load: tuple[float, float, float]  # os.getloadavg() as the round ended
+
+    @property
+    def cpu_ms_per_request(self) -> float:
+        return self.cpu_s / self.result.requests * 1000 if self.result.requests else float("nan")
+
+
+def measure(mode: str, port: int, pid: int, texts: list[str], args: argparse.Namespace) -> Round:
+    """Load the gateway for the warm-up and the measured seconds; its CPU over the measured ones."""
+    marks: list[tuple[float, float]] = []
+    timer = threading.Timer(args.warmup, lambda: marks.append(cpu_pair(pid)))
+    timer.start()
+    try:
+        result = asyncio.run(_load(port, texts, args.clients, args.warmup, args.duration))
+    finally:
+        timer.cancel()
+    end = cpu_pair(pid)
+    start = marks[0] if marks else (float("nan"), float("nan"))
+    return Round(mode, result, end[0] - start[0], end[1] - start[1], os.getloadavg())
+
+
+def change(a: float, b: float) -> float:
+    return (b - a) / a * 100 if a else float("nan")
+
+
 def pooled(results: list[LoadResult]) -> LoadResult:
     latencies = [x for r in results for x in r.latencies]
     return LoadResult(
@@ -176,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     texts = [" ".join(s.tokens) for s in read_conll(conll, limit=2000) if len(s.tokens) >= 4][:1000]
     state = Path(tempfile.mkdtemp(prefix="bench-shadow-"))
     results: dict[str, list[LoadResult]] = {mode: [] for mode in MODES}
+    rounds: list[dict[str, Round]] = [{} for _ in range(args.rounds)]
+    load_before = os.getloadavg()
     compared_while_running = 0
     try:
         with private_services(state) as env:
@@ -205,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
                         if mode == "gateway":
                             os.killpg(worker.pid, signal.SIGSTOP)
                         try:
-                            result = asyncio.run(_load(port, texts, args.clients, args.warmup, args.duration))
+                            measured = measure(mode, port, gateway.pid, texts, args)
                         finally:
                             if mode == "gateway":
                                 set_shadow(url, shadow_version, 0.0)
@@ -219,11 +287,16 @@ def main(argv: list[str] | None = None) -> int:
                                 time.sleep(1)  # no backlog runs into the next round
                             time.sleep(3)
                             compared_while_running += compared(url, shadow_version) - before
+                        result = measured.result
                         results[mode].append(result)
+                        rounds[round_][mode] = measured
                         print(
-                            f"round {round_ + 1} {mode}: p50 {result.percentile(50):.1f} ms, "
-                            f"p99 {result.percentile(99):.1f} ms, {result.rps:.1f} req/s, "
-                            f"{result.errors} errors",
+                            f"round {round_ + 1} {mode:>7}: {result.requests} requests, "
+                            f"p50 {result.percentile(50):.1f} ms, p99 {result.percentile(99):.1f} ms, "
+                            f"{result.rps:.1f} req/s, {result.errors} errors, gateway CPU "
+                            f"{measured.cpu_ms_per_request:.2f} ms/request (shadow-send thread "
+                            f"{measured.send_cpu_s * 1000:.0f} ms), load average "
+                            + " ".join(f"{x:.2f}" for x in measured.load),
                             flush=True,
                         )
             finally:
@@ -234,46 +307,89 @@ def main(argv: list[str] | None = None) -> int:
 
     pooled_results = {mode: pooled(rs) for mode, rs in results.items()}
     off = pooled_results["off"]
+    loads = [load_before, *(r.load for by_mode in rounds for r in by_mode.values())]
 
-    def change(a: float, b: float) -> str:
-        return f"{(b - a) / a * 100:+.1f}%" if a else "n/a"
+    def pct(value: float) -> str:
+        return f"{value:+.1f}%"
+
+    def paired(mode: str, q: float) -> float:
+        """The median over rounds of this mode's change against the same round's off run."""
+        return statistics.median(
+            change(r["off"].result.percentile(q), r[mode].result.percentile(q)) for r in rounds
+        )
+
+    def cpu(mode: str) -> float:
+        spent = [r[mode] for r in rounds]
+        return sum(r.cpu_s for r in spent) / sum(r.result.requests for r in spent) * 1000
+
+    def sender(mode: str) -> str:
+        spent = [r[mode] for r in rounds]
+        send_s, cpu_s = sum(r.send_cpu_s for r in spent), sum(r.cpu_s for r in spent)
+        per_request = send_s / sum(r.result.requests for r in spent) * 1000
+        return f"{per_request:.3f} ({send_s / cpu_s * 100:.2f}%)" if cpu_s else "n/a"
 
     rows = [
-        "| shadow | requests | errors | req/s | p50 ms | p99 ms | p50 vs off | p99 vs off |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| shadow | requests | errors | req/s | p50 ms | p99 ms | p50 vs off (median of rounds) "
+        "| p99 vs off (median of rounds) | p50, p99 vs off (pooled) | gateway CPU ms/request "
+        "| of which shadow-send thread, ms/request (share) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for mode, r in pooled_results.items():
         rows.append(
             f"| {MODES[mode]} | {r.requests} | {r.errors} | {r.rps:.1f} "
             f"| {r.percentile(50):.1f} | {r.percentile(99):.1f} "
-            f"| {change(off.percentile(50), r.percentile(50))} "
-            f"| {change(off.percentile(99), r.percentile(99))} |"
+            f"| {pct(paired(mode, 50))} | {pct(paired(mode, 99))} "
+            f"| {pct(change(off.percentile(50), r.percentile(50)))}, "
+            f"{pct(change(off.percentile(99), r.percentile(99)))} | {cpu(mode):.2f} | {sender(mode)} |"
         )
-    per_round = "; ".join(
-        f"{mode} " + ", ".join(f"{statistics.median(r.latencies) * 1000:.1f}" for r in rs if r.latencies)
-        for mode, rs in results.items()
-    )
+    round_rows = [
+        "| round | mode | requests | p50 ms | p99 ms | p50, p99 vs this round's off | gateway CPU ms/request "
+        "| load average (1, 5, 15 min) |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for number, by_mode in enumerate(rounds, 1):
+        base = by_mode["off"].result
+        for mode, measured in by_mode.items():
+            r = measured.result
+            round_rows.append(
+                f"| {number} | {mode} | {r.requests} | {r.percentile(50):.1f} | {r.percentile(99):.1f} "
+                f"| {pct(change(base.percentile(50), r.percentile(50)))}, "
+                f"{pct(change(base.percentile(99), r.percentile(99)))} "
+                f"| {measured.cpu_ms_per_request:.2f} | {', '.join(f'{x:.2f}' for x in measured.load)} |"
+            )
     on = pooled_results["worker"]
+    arguments = " ".join(argv if argv is not None else sys.argv[1:])
     markdown = "\n".join(
         [
             f"Gateway `POST /predict/` at {args.clients} keep-alive clients, CoNLL test sentences, model "
-            f"{model_note}; {args.rounds} rounds of each mode in rotating order, {args.duration:.0f} s each "
-            "(pooled). Shadow at 100%: every text is sampled and sent to the `shadow` queue. "
+            f"{model_note}; {args.rounds} rounds of the three modes in rotating order, "
+            f"{args.duration:.0f} s measured each (after {args.warmup:.0f} s of warm-up)"
+            + (f"; arguments `{arguments}`" if arguments else "")
+            + ". Shadow at 100%: every text is sampled and sent to the `shadow` queue. "
             "*Worker paused*: the worker is stopped (SIGSTOP) during the round, so only the "
             "gateway's side runs (sampling, the bounded queue, sending); *worker running*: one "
             "worker at `nice 19` on the same cores runs the active and the shadow version for every "
             "text and records the comparisons (in production on other machines: a question of worker "
-            "capacity, not of the request path).",
+            "capacity, not of the request path). *Median of rounds*: each round's change against the "
+            "off run of the same round, the median over rounds (robust to a neighbour slowing one "
+            "round); *pooled*: all rounds' latencies of a mode together. *Gateway CPU*: the gateway "
+            "process's user+system CPU over the measured seconds (/proc), per answered request; the "
+            "*shadow-send thread* (named by the sampler) drains the sampler's queue and publishes the "
+            "tasks: the part of shadowing that shares the gateway's GIL besides the `offer` call.",
             "",
             *rows,
             "",
-            f"p50 per round (ms): {per_round}. Texts compared by the running worker: "
-            f"{compared_while_running} for {on.requests} measured requests (plus warm-up requests) of its "
-            "rounds; the queue was drained before the next round.",
+            *round_rows,
             "",
-            "Measured on a shared machine (2 cores; other sessions' tests and training ran at the same "
-            "time, load average above 10): compare the rows of one run, not runs with each other, and "
-            "read differences of this size as noise unless every round agrees.",
+            f"Texts compared by the running worker: {compared_while_running} for {on.requests} measured "
+            "requests (plus warm-up requests) of its rounds; the queue was drained before the next round.",
+            "",
+            "Load average (1, 5, 15 min) before the first round: "
+            + ", ".join(f"{x:.2f}" for x in load_before)
+            + f"; 1-minute load average at the end of the rounds from {min(x[0] for x in loads):.2f} "
+            f"to {max(x[0] for x in loads):.2f} on {os.cpu_count()} CPUs. On a shared machine compare "
+            "the rows of one run, not runs with each other, and read the per-round table before a "
+            "pooled difference.",
             "",
             f"Re-run of a {scale['documents']:,}-document finished job (`rerun_job`: documents and chunk "
             f"plan copied by INSERT ... SELECT, no upload): {scale['copy_s']:.2f} s. Its diff, every page of "

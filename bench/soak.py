@@ -14,7 +14,8 @@ Postgres database and an embedded Redis:
 Then it waits for every job to finish and reports: documents submitted / stored / duplicated /
 missing, jobs by status, idempotency, predict requests and errors per phase with p50/p99, the time
 from each kill to its chunk's re-claim and completion, beat schedulers alive, RSS per process at
-start and end. Run: ``make bench-soak`` (``python -m bench.soak --help``).
+start, half-way and end, and every ``RSS_EVERY_S`` seconds: each process's spread over the last half
+of the run (the issue's goal: flat within 10%). Run: ``make bench-soak`` (``python -m bench.soak --help``).
 """
 
 from __future__ import annotations
@@ -49,13 +50,17 @@ from worker.beat import LOCK_KEY
 
 REPO = Path(__file__).resolve().parent.parent
 STEADY = "steady"
-# Where in the run each fault happens (fraction of --minutes), and what it is.
+RSS_EVERY_S = 10.0  # how often every process's RSS is sampled
+FLAT_WITHIN = 0.10  # the goal: RSS over the last half of the run within 10% (max over min)
+# Where in the run each fault happens (fraction of --minutes), and what it is. All in the first 40%:
+# the last half then shows whether processes that lived through faults (and their replacements, after
+# a tenth of the run to warm up) stay flat, which restarts inside it would hide.
 FAULTS = [
-    (0.15, "pool-child kill"),
-    (0.35, "main-process kill (--beat worker)"),
-    (0.55, "gateway restart"),
-    (0.70, "cancel"),
-    (0.82, "pool-child kill"),
+    (0.06, "pool-child kill"),
+    (0.14, "main-process kill (--beat worker)"),
+    (0.22, "gateway restart"),
+    (0.30, "cancel"),
+    (0.38, "pool-child kill"),
 ]
 
 
@@ -101,6 +106,8 @@ class Soak:
     orphans_after_main_kill: list[int] = field(default_factory=list)
     lock_holders: set[int] = field(default_factory=set)
     followers: list[threading.Thread] = field(default_factory=list)
+    # (seconds into the run, {role: (pid, MB)}) every RSS_EVERY_S
+    rss_samples: list[tuple[float, dict[str, tuple[int, float]]]] = field(default_factory=list)
     gateway: ServiceProcess | None = None
     workers: dict[str, ServiceProcess] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
@@ -400,6 +407,11 @@ class Soak:
                 }
                 actions[fault]()
 
+    def watch_rss(self) -> None:
+        while not self.stop.wait(RSS_EVERY_S):
+            with contextlib.suppress(psutil.Error):
+                self.rss_samples.append((time.monotonic() - self.started, self.rss_mb()))
+
     def watch_lock(self) -> None:
         while not self.stop.wait(1.0):
             holder = self.lock_holder()
@@ -559,8 +571,40 @@ def report(
     for role in sorted(set().union(*rss)):
         cells = [f"{when[role][1]:.0f} MB (pid {when[role][0]})" if role in when else "-" for when in rss]
         lines.append(f"| {role} | " + " | ".join(cells) + " |")
+    lines += ["", *last_half_rss(soak.rss_samples, args.minutes * 60)]
     lines += ["", "Timeline:", "", "```", *soak.events, "```"]
     return "\n".join(lines)
+
+
+def last_half_rss(samples: list[tuple[float, dict[str, tuple[int, float]]]], duration_s: float) -> list[str]:
+    """The table of each process's RSS over the last half of the run, sampled every RSS_EVERY_S.
+
+    Spread = max / min - 1 over the samples of the last half; a process started during the last
+    half (a restart, a replaced pool child) is shown with the part it covered.
+    """
+    half = duration_s / 2
+    series: dict[tuple[str, int], list[tuple[float, float]]] = defaultdict(list)
+    for at, rss in samples:
+        if half <= at <= duration_s + RSS_EVERY_S:
+            for role, (pid, mb) in rss.items():
+                series[(role, pid)].append((at, mb))
+    lines = [
+        f"RSS over the last half of the run (samples every {RSS_EVERY_S:g} s from minute "
+        f"{half / 60:g}; the goal: flat within {FLAT_WITHIN:.0%}, max over min):",
+        "",
+        "| process | pid | covered | samples | first | min | max | last | spread | flat |",
+        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for (role, pid), points in sorted(series.items()):
+        values = [mb for _, mb in points]
+        spread = max(values) / min(values) - 1
+        covered = f"min {points[0][0] / 60:.1f}-{points[-1][0] / 60:.1f}"
+        lines.append(
+            f"| {role} | {pid} | {covered} | {len(values)} | {values[0]:.0f} MB | {min(values):.0f} MB | "
+            f"{max(values):.0f} MB | {values[-1]:.0f} MB | {spread:.1%} | "
+            f"{'yes' if spread <= FLAT_WITHIN else 'NO'} |"
+        )
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -612,6 +656,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 threads.append(threading.Thread(target=soak.fault_runner, args=(duration_s,), daemon=True))
                 threads.append(threading.Thread(target=soak.watch_lock, daemon=True))
+                threads.append(threading.Thread(target=soak.watch_rss, daemon=True))
                 for thread in threads:
                     thread.start()
                 soak.stop.wait(duration_s / 2)

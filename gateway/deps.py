@@ -1,12 +1,22 @@
-"""FastAPI dependencies: settings, a database session per request, and API-key scopes."""
+"""FastAPI dependencies: settings, a database session per request, and API-key scopes.
+
+The request path of a key the process checked a moment ago runs on the event loop: FastAPI runs a
+plain ``def`` dependency in the thread pool, and under a flood every request (refused ones too)
+would queue for those threads. Settings are read from their cache, the key from the short cache of
+``keys.recently_verified`` and the bucket charged with ``redis.asyncio``; only a key not seen for
+``keys.RECENT_TTL_S`` goes to a thread (the database, maybe scrypt).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import base64
-from collections.abc import Callable, Iterator, Mapping
+import hashlib
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, TypedDict
 
+import anyio
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
@@ -26,8 +36,13 @@ def get_session() -> Iterator[Session]:
         yield session
 
 
+async def current_settings() -> Settings:
+    """``get_settings()`` as a dependency that runs on the event loop (it is cached: no I/O)."""
+    return get_settings()
+
+
 SessionDep = Annotated[Session, Depends(get_session)]
-SettingsDep = Annotated[Settings, Depends(get_settings)]
+SettingsDep = Annotated[Settings, Depends(current_settings)]
 
 
 @dataclass(frozen=True)
@@ -67,9 +82,7 @@ def authenticate(presented: str | None, *, address: str | None, settings: Settin
     window the next one is refused (429) before any scrypt is spent on it.
     """
     if not presented:
-        raise Unauthenticated(
-            "missing API key: send it in the X-API-Key header or as Authorization: Bearer <key>"
-        )
+        raise _missing()
     plaintext = presented.strip()
     prefix = keys.parse_prefix(plaintext)
     throttle = ratelimit.AuthThrottle(
@@ -92,6 +105,53 @@ def authenticate(presented: str | None, *, address: str | None, settings: Settin
         if prefix is not None:  # only checks that cost a scrypt are counted
             throttle.record_failure(address=address, prefix=prefix)
         raise Unauthenticated("invalid or revoked API key", error="invalid_token")
+    return _principal(key)
+
+
+# Checks under way in a worker thread, by (loop, key digest, address): concurrent requests with the
+# same key wait for one check (a flood's first requests, or every request when the short cache
+# expires) instead of each taking a thread, a query and maybe a scrypt.
+_checks: dict[tuple[asyncio.AbstractEventLoop, bytes, str | None], asyncio.Future[Principal]] = {}
+
+
+async def authenticate_async(presented: str | None, *, address: str | None, settings: Settings) -> Principal:
+    """``authenticate`` for the event loop: a key verified here within ``keys.RECENT_TTL_S`` is
+    admitted at once; any other goes to a worker thread (database, throttle, scrypt), one check at
+    a time per key and address."""
+    if not presented:
+        raise _missing()
+    plaintext = presented.strip()
+    key = keys.recently_verified(plaintext)
+    if key is not None:
+        return _principal(key)
+    loop = asyncio.get_running_loop()
+    flight = (loop, hashlib.sha256(plaintext.encode()).digest(), address)
+    check = _checks.get(flight)
+    if check is None:
+        # A task of its own: a caller that goes away does not cancel the others' answer.
+        check = loop.create_task(
+            anyio.to_thread.run_sync(lambda: authenticate(plaintext, address=address, settings=settings))
+        )
+        _checks[flight] = check
+        check.add_done_callback(lambda done: _check_done(flight, done))
+    return await asyncio.shield(check)
+
+
+def _check_done(
+    flight: tuple[asyncio.AbstractEventLoop, bytes, str | None], check: asyncio.Future[Principal]
+) -> None:
+    _checks.pop(flight, None)
+    if not check.cancelled():
+        check.exception()  # retrieved: no "never retrieved" warning when every caller went away
+
+
+def _missing() -> Unauthenticated:
+    return Unauthenticated(
+        "missing API key: send it in the X-API-Key header or as Authorization: Bearer <key>"
+    )
+
+
+def _principal(key: keys.AuthenticatedKey) -> Principal:
     return Principal(
         key_id=key.id, scope=key.scope, prefix=key.prefix, rate_limit_per_minute=key.rate_limit_per_minute
     )
@@ -128,26 +188,50 @@ def _per_minute(principal: Principal, settings: Settings) -> int:
     return principal.rate_limit_per_minute or settings.rate_limit_per_minute
 
 
-def charge(principal: Principal, settings: Settings, *, cost: int = 1) -> None:
-    """Take ``cost`` tokens of the key's bucket; 429 with Retry-After when it has not got them."""
-    if principal.key_id is None:
-        return  # auth off: no limits
-    per_minute = _per_minute(principal, settings)
-    decision = ratelimit.check_cost(
-        redis_url=settings.redis_url,
-        key=f"key:{principal.key_id}",
-        per_minute=per_minute,
+class _BucketArgs(TypedDict):
+    redis_url: str
+    key: str
+    per_minute: int
+    burst: int | None
+    cost: int
+
+
+def _bucket(principal: Principal, settings: Settings, cost: int) -> _BucketArgs:
+    """The arguments of ``ratelimit.check_cost`` (and its async twin) for this key."""
+    return {
+        "redis_url": settings.redis_url,
+        "key": f"key:{principal.key_id}",
+        "per_minute": _per_minute(principal, settings),
         # A key's own limit sizes its own bucket; the shared burst setting is for the default.
-        burst=None if principal.rate_limit_per_minute else settings.rate_limit_burst,
-        cost=cost,
-    )
+        "burst": None if principal.rate_limit_per_minute else settings.rate_limit_burst,
+        "cost": cost,
+    }
+
+
+def _refuse_unless_allowed(decision: ratelimit.Decision, principal: Principal, settings: Settings) -> None:
     if not decision.allowed:
         raise RateLimited(
-            f"rate limit of {per_minute} requests a minute for this API key exceeded "
+            f"rate limit of {_per_minute(principal, settings)} requests a minute for this API key exceeded "
             f"(a request costs 1 + characters / {settings.rate_limit_chars_per_token}); "
             f"retry in {decision.retry_after_s} s",
             retry_after_s=decision.retry_after_s,
         )
+
+
+def charge(principal: Principal, settings: Settings, *, cost: int = 1) -> None:
+    """Take ``cost`` tokens of the key's bucket; 429 with Retry-After when it has not got them."""
+    if principal.key_id is None:
+        return  # auth off: no limits
+    decision = ratelimit.check_cost(**_bucket(principal, settings, cost))
+    _refuse_unless_allowed(decision, principal, settings)
+
+
+async def charge_async(principal: Principal, settings: Settings, *, cost: int = 1) -> None:
+    """``charge`` on the event loop (``redis.asyncio``, the same script): no thread hop."""
+    if principal.key_id is None:
+        return
+    decision = await ratelimit.check_cost_async(**_bucket(principal, settings, cost))
+    _refuse_unless_allowed(decision, principal, settings)
 
 
 def charge_characters(principal: Principal, settings: Settings, characters: int) -> None:
@@ -157,7 +241,14 @@ def charge_characters(principal: Principal, settings: Settings, characters: int)
         charge(principal, settings, cost=extra)
 
 
-def require_scope(scope: str, *, rate_limited: bool | None = None) -> Callable[..., Principal]:
+async def charge_characters_async(principal: Principal, settings: Settings, characters: int) -> None:
+    """``charge_characters`` on the event loop."""
+    extra = characters // settings.rate_limit_chars_per_token
+    if extra:
+        await charge_async(principal, settings, cost=extra)
+
+
+def require_scope(scope: str, *, rate_limited: bool | None = None) -> Callable[..., Awaitable[Principal]]:
     """A dependency that admits callers whose key carries ``scope`` (or admin).
 
     Missing, unknown or revoked key: 401; another scope: 403; over the key's rate limit on
@@ -166,9 +257,8 @@ def require_scope(scope: str, *, rate_limited: bool | None = None) -> Callable[.
     """
     wanted = ApiKeyScope(scope)
 
-    def dependency(
-        request: Request, settings: SettingsDep, header_key: ApiKeyHeaderDep, bearer: BearerDep
-    ) -> Principal:
+    async def dependency(request: Request, header_key: ApiKeyHeaderDep, bearer: BearerDep) -> Principal:
+        settings = get_settings()
         if settings.auth == "off":
             principal = Principal(key_id=None, scope=ApiKeyScope.admin)
         else:
@@ -177,7 +267,7 @@ def require_scope(scope: str, *, rate_limited: bool | None = None) -> Callable[.
             if not isinstance(principal, Principal) or principal.key_id is None:
                 client = request.client.host if request.client else None
                 presented = header_key or (bearer.credentials if bearer else None)
-                principal = authenticate(presented, address=client, settings=settings)
+                principal = await authenticate_async(presented, address=client, settings=settings)
             request.state.principal = principal  # the access log names the key (prefix) from here on
             if not principal.is_admin and principal.scope != wanted:
                 raise Forbidden(
@@ -188,7 +278,7 @@ def require_scope(scope: str, *, rate_limited: bool | None = None) -> Callable[.
                 template = getattr(request.scope.get("route"), "path", request.url.path)
                 limited = is_rate_limited_route(request.method, template)
             if limited:
-                charge(principal, settings)
+                await charge_async(principal, settings)
         request.state.principal = principal
         return principal
 

@@ -24,7 +24,7 @@ from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.deps import authenticate, presented_key
+from gateway.deps import authenticate_async, presented_key
 from shared.core.config import Settings, get_settings
 from shared.core.errors import ServiceError
 
@@ -138,10 +138,9 @@ class BodyGuardMiddleware:
         if settings.auth == "on" and method not in _BODYLESS:
             client = scope.get("client")
             try:
-                principal = await anyio.to_thread.run_sync(
-                    lambda: authenticate(
-                        presented_key(headers), address=client[0] if client else None, settings=settings
-                    )
+                # On the loop for a key verified a moment ago; a thread only for the others.
+                principal = await authenticate_async(
+                    presented_key(headers), address=client[0] if client else None, settings=settings
                 )
             except ServiceError as exc:
                 await _answer(send, exc.status_code, str(exc), exc.headers)

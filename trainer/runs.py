@@ -33,7 +33,7 @@ from shared.training import service
 from shared.training.errors import DataError
 from shared.training.params import TrainParams
 from shared.training.references import DataSpec
-from shared.training.uploads import fetch_uploads
+from shared.training.uploads import fetch_uploads, local_spec
 
 log = logging.getLogger(__name__)
 
@@ -179,6 +179,15 @@ def _fail(run_id: uuid.UUID, message: str) -> RunStatus:
     return RunStatus.failed
 
 
+def resolve_data(*, data_ref: dict, settings: Settings) -> DataSpec:
+    """A run's data as this host's files: its uploads (``upload:<id>/<name>``) fetched from the
+    artifact store when a gateway on another host received them, and named by their local paths."""
+    spec = DataSpec.parse(data_ref)
+    with _session() as session:
+        fetch_uploads(session=session, settings=settings, spec=spec)
+    return local_spec(spec, settings=settings)
+
+
 def _train_and_publish(
     *,
     run_id: uuid.UUID,
@@ -193,10 +202,7 @@ def _train_and_publish(
     from trainer.pipeline import run_pipeline
 
     params = TrainParams.from_dict(params_dict)
-    spec = DataSpec.parse(data_ref)
-    with _session() as session:
-        # Uploads received by a gateway on another host come through the artifact store.
-        fetch_uploads(session=session, settings=settings, spec=spec)
+    spec = resolve_data(data_ref=data_ref, settings=settings)
     data, result = run_pipeline(
         spec=spec,
         params=params,

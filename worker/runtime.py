@@ -179,7 +179,8 @@ def runtime() -> WorkerRuntime:
 # each call; +413 with oneDNN's primitive cache capped at 8 (it keeps a primitive, with its scratch
 # memory, for each of up to 1024 input shapes, and every padded batch width is a new shape); +269
 # with both, as set here. Padding batch widths to multiples of 16 in the engine took it to +229,
-# +128 with the cap (and flat). NER_WORKER_MAX_MEMORY_MB replaces a child that still grows.
+# +128 with the cap (and flat): the engine now pads to 16 widths (batching.bucket_width).
+# NER_WORKER_MAX_MEMORY_MB replaces a child that still grows.
 ONEDNN_CACHE_ENV = "ONEDNN_PRIMITIVE_CACHE_CAPACITY"
 ONEDNN_CACHE_CAPACITY = "8"
 

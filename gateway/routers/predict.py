@@ -35,7 +35,8 @@ _ERRORS = {
 }
 
 
-def _concurrency(request: Request, settings: SettingsDep) -> KeyConcurrency:
+async def _concurrency(request: Request, settings: SettingsDep) -> KeyConcurrency:
+    # async: a plain ``def`` dependency would cost a thread-pool hop per request.
     state = request.app.state
     if getattr(state, "predict_concurrency", None) is None:
         state.predict_concurrency = KeyConcurrency(settings.predict_max_concurrent_per_key)

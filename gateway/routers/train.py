@@ -69,7 +69,7 @@ def list_runs(
     "/uploads",
     status_code=status.HTTP_201_CREATED,
     response_model=UploadOut,
-    summary="Upload a data file (CoNLL or JSONL) into the uploads folder; reference it in POST /train",
+    summary="Upload a data file (CoNLL or JSONL); reference it in POST /train as upload:<id>/<name>",
     responses={
         413: {"description": "Larger than NER_TRAIN_UPLOAD_MAX_BYTES"},
         429: {"description": "Over this API key's upload quota (NER_TRAIN_UPLOAD_QUOTA_BYTES)"},
@@ -87,7 +87,11 @@ async def upload_data(
         stream=file.file,
     )
     return UploadOut(
-        path=str(stored.path), bytes=stored.bytes, sha256=stored.sha256, filename=stored.filename
+        path=str(stored.path),
+        reference=stored.reference,
+        bytes=stored.bytes,
+        sha256=stored.sha256,
+        filename=stored.filename,
     )
 
 

@@ -117,11 +117,11 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     """Run an inference worker (Celery, queue ``inference``)."""
     import worker.shadow  # registers the shadow traffic tasks (issue 15)
     import worker.tasks  # noqa: F401 - registers the inference tasks
-    from shared.core.celery_app import INFERENCE_QUEUE, SHADOW_QUEUE, celery_app
+    from shared.core.celery_app import INFERENCE_QUEUE, WORKER_QUEUES, celery_app
 
     argv = [
         "worker",
-        "--queues", f"{INFERENCE_QUEUE},{SHADOW_QUEUE}",
+        "--queues", ",".join(WORKER_QUEUES),  # recovered chunks first (issue 21)
         "--hostname", f"{INFERENCE_QUEUE}@%h",
         "--concurrency", str(args.concurrency),
         "--loglevel", settings.log_level,

@@ -7,12 +7,18 @@ from typing import Any
 from celery import Celery, signals
 from kombu import Queue
 from kombu.exceptions import OperationalError
+from kombu.utils.scheduling import round_robin_cycle
 
 from shared.core.config import Settings, get_settings
 
 INFERENCE_QUEUE = "inference"
 TRAINING_QUEUE = "training"
 SHADOW_QUEUE = "shadow"  # shadow traffic comparisons (issue 15), consumed by `ner worker`
+# Chunks sent again after their worker or pool child died (issue 21): `ner worker` consumes this
+# queue first, so a recovered chunk does not wait behind the whole backlog of the inference queue.
+RECOVERY_QUEUE = "inference.recovery"
+# The queues `ner worker` consumes (on Redis the recovery queue is always polled first: transport_options).
+WORKER_QUEUES = (RECOVERY_QUEUE, INFERENCE_QUEUE, SHADOW_QUEUE)
 
 
 # Redis re-delivers a message nobody acknowledged after the visibility timeout (a worker whose main
@@ -42,14 +48,34 @@ def transport_options(settings: Settings, queue: str = INFERENCE_QUEUE) -> dict[
         }
     # Kombu's default key names: every process that is not the trainer (gateway, beat, Flower,
     # inference workers) sees only inference messages there, under the inference timeout.
-    return {"visibility_timeout": settings.task_time_limit_s + VISIBILITY_MARGIN_S}
+    # The order a worker polls its queues in: the recovery queue always first, the others in turn
+    # as before. RabbitMQ has no order between queues: there a recovered chunk is among the next
+    # deliveries (each free prefetch slot goes to one of the queues at random), not behind the backlog.
+    return {
+        "visibility_timeout": settings.task_time_limit_s + VISIBILITY_MARGIN_S,
+        "queue_order_strategy": f"{__name__}:RecoveryFirstCycle",
+    }
+
+
+class RecoveryFirstCycle(round_robin_cycle):
+    """Kombu's Redis queue order: the recovery queue before all others, which take turns."""
+
+    def consume(self, n: int) -> list[str]:
+        return sorted(super().consume(n), key=lambda queue: queue != RECOVERY_QUEUE)  # stable
 
 
 def configure(app: Celery, settings: Settings) -> None:
     """Apply ``settings`` to ``app`` (again, when tests point it at another broker)."""
+    if app.conf.broker_url not in (None, settings.celery_broker_url):
+        _drop_connection_pools(app)
     app.conf.update(
         broker_url=settings.celery_broker_url,  # NER_BROKER_URL (amqp:// or redis://), else NER_REDIS_URL
-        task_queues=[Queue(INFERENCE_QUEUE), Queue(TRAINING_QUEUE), Queue(SHADOW_QUEUE)],
+        task_queues=[
+            Queue(INFERENCE_QUEUE),
+            Queue(TRAINING_QUEUE),
+            Queue(SHADOW_QUEUE),
+            Queue(RECOVERY_QUEUE),
+        ],
         task_default_queue=INFERENCE_QUEUE,
         task_routes={
             "ner.jobs.*": {"queue": INFERENCE_QUEUE},
@@ -100,6 +126,17 @@ def configure(app: Celery, settings: Settings) -> None:
             "purge-uploads": {"task": "ner.jobs.purge_uploads", "schedule": settings.purge_interval_s},
         },
     )
+
+
+def _drop_connection_pools(app: Celery) -> None:
+    """Forget the app's pooled connections, as Celery does after a fork: the next publish connects
+    to the broker now configured, not the one the pool was made for. The pools themselves are not
+    closed: kombu keeps them in a process-wide registry by broker URL, and a closed one would be
+    handed out again when the app is pointed back at that broker."""
+    app._pool = None
+    amqp = app.__dict__.get("amqp")
+    if amqp is not None:
+        amqp._producer_pool = None
 
 
 @signals.celeryd_init.connect

@@ -24,13 +24,16 @@ PUBLISH_RETRY = {"max_retries": 2, "interval_start": 0.1, "interval_step": 0.2, 
 BROKER_ERRORS = (kombu.exceptions.OperationalError, redis.RedisError, OSError)
 
 
-def send_chunks(job_id: uuid.UUID, indexes: Iterable[int], *, request_id: str | None = None) -> int:
+def send_chunks(
+    job_id: uuid.UUID, indexes: Iterable[int], *, request_id: str | None = None, recovery: bool = False
+) -> int:
     """Publish one ``process_chunk`` task per chunk index over one connection; raises on broker errors.
 
     The tasks carry ``request_id`` (the job's own, when the watchdog sends them outside any
-    request), else the id of the request being served.
+    request), else the id of the request being served. ``recovery``: chunks sent again after their
+    worker died go to the recovery queue, which workers take before the backlog.
     """
-    from shared.core.celery_app import celery_app
+    from shared.core.celery_app import RECOVERY_QUEUE, celery_app
 
     indexes = list(indexes)
     if not indexes:
@@ -46,6 +49,7 @@ def send_chunks(job_id: uuid.UUID, indexes: Iterable[int], *, request_id: str | 
                     PROCESS_CHUNK,
                     args=[str(job_id), index],
                     producer=producer,
+                    **({"queue": RECOVERY_QUEUE} if recovery else {}),  # else its route: inference
                     retry=True,
                     retry_policy=PUBLISH_RETRY,
                 )
@@ -53,6 +57,11 @@ def send_chunks(job_id: uuid.UUID, indexes: Iterable[int], *, request_id: str | 
     finally:
         request_id_var.reset(token)
     return sent
+
+
+def resend_chunks(job_id: uuid.UUID, indexes: Iterable[int], *, request_id: str | None = None) -> int:
+    """``send_chunks`` for chunks whose worker died: to the recovery queue, ahead of the backlog."""
+    return send_chunks(job_id, indexes, request_id=request_id, recovery=True)
 
 
 def dispatch_job(*, session: Session, job_id: uuid.UUID) -> bool:

@@ -17,7 +17,7 @@ from shared.core.db import session_scope
 from shared.core.redis import redis_client
 from shared.core.tables import ChunkStatus, Job, JobCallbackAttempt, JobChunk, JobDocument, JobResult
 from shared.jobs import callbacks, lifecycle
-from shared.jobs.dispatch import BROKER_ERRORS, send_callback, send_chunks
+from shared.jobs.dispatch import BROKER_ERRORS, resend_chunks, send_callback, send_chunks
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ def requeue_stalled_chunks(
     session: Session,
     stale_before: datetime,
     exclude: frozenset[tuple[uuid.UUID, int]] = frozenset(),
-    send: Sender = send_chunks,
+    send: Sender = resend_chunks,
 ) -> int:
     """Send again the running chunks whose heartbeat stopped (their worker died)."""
     candidates = session.execute(
@@ -148,7 +148,7 @@ def requeue_stalled_chunks(
 
 
 def release_lost_chunk(
-    *, session: Session, job_id: uuid.UUID, index: int, token: str, send: Sender = send_chunks
+    *, session: Session, job_id: uuid.UUID, index: int, token: str, send: Sender = resend_chunks
 ) -> bool:
     """Send again, at once, a chunk whose process died running it (its worker saw it die).
 
@@ -204,7 +204,7 @@ def _broker_lost(settings: Settings) -> bool:
     return broker_lost_its_data(settings.celery_broker_url)
 
 
-def resend_unclaimed_chunks(*, settings: Settings, send: Sender = send_chunks) -> int:
+def resend_unclaimed_chunks(*, settings: Settings, send: Sender = resend_chunks) -> int:
     """Redis only: send again the queued chunks whose message a worker took but never claimed nor
     acknowledged for a stall timeout (its main process died): Redis would return it only after the
     visibility timeout. RabbitMQ re-delivers such a message at once, when the connection closes."""
@@ -272,9 +272,19 @@ def resend_queued_chunks(*, session: Session, send: Sender = send_chunks) -> int
 
 
 def run_watchdog(
-    *, settings: Settings, exclude: frozenset[tuple[uuid.UUID, int]] = frozenset(), send: Sender = send_chunks
+    *,
+    settings: Settings,
+    exclude: frozenset[tuple[uuid.UUID, int]] = frozenset(),
+    send: Sender = send_chunks,
+    resend: Sender | None = None,
 ) -> WatchdogReport:
-    """One pass: re-send chunks a broker lost, dispatch undispatched jobs, re-send stalled chunks."""
+    """One pass: re-send chunks a broker lost, dispatch undispatched jobs, re-send stalled chunks.
+
+    ``resend`` sends the chunks of dead workers (the recovery queue); a ``send`` of the caller's
+    own (a test capturing the calls) sends those too unless ``resend`` is given.
+    """
+    if resend is None:
+        resend = resend_chunks if send is send_chunks else send
     now = lifecycle.utcnow()
     older_than = now - timedelta(seconds=settings.job_stall_timeout_s)
     report = WatchdogReport()
@@ -293,10 +303,10 @@ def run_watchdog(
         report.dispatched_jobs = dispatch_stragglers(session=session, older_than=older_than, send=send)
     with session_scope() as session:
         report.requeued_chunks = requeue_stalled_chunks(
-            session=session, stale_before=older_than, exclude=exclude, send=send
+            session=session, stale_before=older_than, exclude=exclude, send=resend
         )
     try:
-        report.requeued_chunks += resend_unclaimed_chunks(settings=settings, send=send)
+        report.requeued_chunks += resend_unclaimed_chunks(settings=settings, send=resend)
     except BROKER_ERRORS as exc:
         log.warning("watchdog: broker unavailable (%s); unclaimed chunks are checked next pass", exc)
     report.resent_callbacks = resend_due_callbacks(

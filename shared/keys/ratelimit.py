@@ -1,12 +1,21 @@
-"""A token bucket per API key in Redis: one atomic Lua script, so gateway replicas share limits."""
+"""A token bucket per API key in Redis: one atomic Lua script, so gateway replicas share limits.
+
+The script is the one implementation of the bucket: ``TokenBucket`` runs it with the blocking
+client (CLI, threads), ``check_cost_async`` with ``redis.asyncio`` on the gateway's event loop (one
+round trip, no thread hop); both size the call with ``_bucket_args`` and read it with ``_decision``.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import redis
+import redis.asyncio
+from redis.commands.core import AsyncScript
 
 from shared.core.redis import redis_client
 
@@ -50,6 +59,27 @@ class Decision:
     remaining: int
 
 
+def _bucket_args(key: str, *, rate: float, capacity: float, cost: int) -> tuple[list[str], list[float | int]]:
+    """The script's KEYS and ARGV for ``cost`` tokens of ``key``.
+
+    A cost above the bucket's size is charged as a full bucket: it can still pass, once the
+    bucket is full, instead of never.
+    """
+    cost = max(1, min(cost, int(capacity)))
+    return [f"ner:ratelimit:{key}"], [rate, capacity, cost]
+
+
+def _decision(reply: Sequence[bytes | str | int]) -> Decision:
+    """The script's ``{allowed, wait, tokens}`` as a ``Decision``."""
+    allowed, wait, tokens = reply
+    wait_s = float(wait)
+    return Decision(
+        allowed=bool(int(allowed)),
+        retry_after_s=max(1, math.ceil(wait_s)) if not int(allowed) else 0,
+        remaining=int(float(tokens)),
+    )
+
+
 class TokenBucket:
     """``per_minute`` requests a minute per key on average, up to ``burst`` at once."""
 
@@ -60,21 +90,9 @@ class TokenBucket:
         self._script = client.register_script(TOKEN_BUCKET_LUA)
 
     def take(self, key: str, cost: int = 1) -> Decision:
-        """Spend ``cost`` tokens of ``key``'s bucket when it has them.
-
-        A cost above the bucket's size is charged as a full bucket: it can still pass, once the
-        bucket is full, instead of never.
-        """
-        cost = max(1, min(cost, int(self.capacity)))
-        allowed, wait, tokens = self._script(
-            keys=[f"ner:ratelimit:{key}"], args=[self.rate, self.capacity, cost]
-        )
-        wait_s = float(wait)
-        return Decision(
-            allowed=bool(int(allowed)),
-            retry_after_s=max(1, math.ceil(wait_s)) if not int(allowed) else 0,
-            remaining=int(float(tokens)),
-        )
+        """Spend ``cost`` tokens of ``key``'s bucket when it has them (see ``_bucket_args``)."""
+        keys, args = _bucket_args(key, rate=self.rate, capacity=self.capacity, cost=cost)
+        return _decision(self._script(keys=keys, args=args))
 
 
 def check_rate(*, redis_url: str, key: str, per_minute: int, burst: int | None) -> Decision:
@@ -149,5 +167,33 @@ def check_cost(*, redis_url: str, key: str, per_minute: int, burst: int | None, 
     try:
         return bucket.take(key, cost)
     except (redis.RedisError, OSError) as exc:
+        logger.warning("rate limit not checked, Redis unavailable: %s", type(exc).__name__)
+        return Decision(allowed=True, retry_after_s=0, remaining=-1)
+
+
+# One asyncio client (and its pool) per URL for the running event loop: a redis.asyncio connection
+# belongs to the loop that opened it, and tests start several loops in one process.
+_async_scripts: dict[str, tuple[asyncio.AbstractEventLoop, AsyncScript]] = {}
+
+
+def _async_bucket_script(url: str) -> AsyncScript:
+    loop = asyncio.get_running_loop()
+    held = _async_scripts.get(url)
+    if held is None or held[0] is not loop:
+        # The same short timeouts as the blocking client: a slow Redis must not stall requests.
+        client = redis.asyncio.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
+        _async_scripts[url] = held = (loop, client.register_script(TOKEN_BUCKET_LUA))
+    return held[1]
+
+
+async def check_cost_async(
+    *, redis_url: str, key: str, per_minute: int, burst: int | None, cost: int = 1
+) -> Decision:
+    """``check_cost`` on the event loop: the same script in one round trip; fails open the same way."""
+    rate, capacity = per_minute / 60.0, burst or per_minute
+    keys, args = _bucket_args(key, rate=rate, capacity=capacity, cost=cost)
+    try:
+        return _decision(await _async_bucket_script(redis_url)(keys=keys, args=args))
+    except (redis.RedisError, OSError) as exc:  # TimeoutError is an OSError
         logger.warning("rate limit not checked, Redis unavailable: %s", type(exc).__name__)
         return Decision(allowed=True, retry_after_s=0, remaining=-1)

@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import secrets
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -191,10 +192,43 @@ _verified: dict[int, tuple[str, bytes]] = {}
 _verified_lock = threading.Lock()
 _VERIFIED_MAX = 10_000
 
+# sha256 of a plaintext -> (its key as the database had it, monotonic time it was read). Lets the
+# gateway admit a key it checked against the database within ``RECENT_TTL_S`` without a thread hop
+# or a query; past that the row is read again, so a revocation made elsewhere (another process,
+# SQL) takes effect within this many seconds, and at once in the process that revoked it.
+RECENT_TTL_S = 1.0
+_recent: dict[bytes, tuple[AuthenticatedKey, float]] = {}
+
 
 def forget_verified(key_id: int) -> None:
     with _verified_lock:
         _verified.pop(key_id, None)
+        for digest in [d for d, (key, _) in _recent.items() if key.id == key_id]:
+            del _recent[digest]
+
+
+def recently_verified(plaintext: str) -> AuthenticatedKey | None:
+    """The live key ``plaintext`` matched in the last ``RECENT_TTL_S`` here; no I/O, so an event
+    loop may call it. None: ask ``authenticate``."""
+    digest = hashlib.sha256(plaintext.encode()).digest()
+    with _verified_lock:
+        held = _recent.get(digest)
+    if held is None or time.monotonic() - held[1] > RECENT_TTL_S:
+        return None
+    return held[0]
+
+
+def _remember(row: ApiKey, fast: bytes) -> AuthenticatedKey:
+    """Note a key just verified against its row (both caches) and return it."""
+    key = _authenticated(row)
+    with _verified_lock:
+        if len(_verified) >= _VERIFIED_MAX:
+            _verified.clear()
+        if len(_recent) >= _VERIFIED_MAX:
+            _recent.clear()
+        _verified[row.id] = (row.key_hash, fast)
+        _recent[fast] = (key, time.monotonic())
+    return key
 
 
 @lru_cache(maxsize=1)
@@ -224,7 +258,7 @@ def authenticate(
         with _verified_lock:
             cached = _verified.get(row.id)
         if cached is not None and cached[0] == row.key_hash and hmac.compare_digest(cached[1], fast):
-            return _authenticated(row)
+            return _remember(row, fast)
     if before_scrypt is not None:
         before_scrypt(prefix)
     if not live:
@@ -233,11 +267,7 @@ def authenticate(
     assert row is not None
     if not check_hash(plaintext, row.key_hash):
         return None
-    with _verified_lock:
-        if len(_verified) >= _VERIFIED_MAX:
-            _verified.clear()
-        _verified[row.id] = (row.key_hash, fast)
-    return _authenticated(row)
+    return _remember(row, fast)
 
 
 def _authenticated(row: ApiKey) -> AuthenticatedKey:

@@ -437,11 +437,13 @@ _ABSOLUTE_PATH = re.compile(r"(?<![\w.:/])/[^\s'\"]+")
 
 
 def _for_callers(message: str, ref: ModelRef) -> str:
-    """A load error as any caller with a predict key may see it: no folder of this server in it."""
+    """A load error as any caller with a predict key may see it: the admin view with every other
+    folder of this server masked too, and shorter."""
     return _ABSOLUTE_PATH.sub("<folder>", _without_path(message, ref))[:500]
 
 
 def _without_path(message: str, ref: ModelRef) -> str:
-    """A load error as callers may see it: the folder replaced by the version's name."""
+    """A load error as admins see it (recorded on the version; /models shows it to admin keys only):
+    the version's own folder replaced by its name, other paths kept for the operator."""
     name = f"version {ref.version}" if ref.version is not None else "NER_MODEL"
     return message.replace(ref.path, name)[:2000]

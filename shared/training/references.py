@@ -34,7 +34,7 @@ class DataSpec:
     @classmethod
     def parse(cls, value: str | Mapping[str, Any]) -> DataSpec:
         if isinstance(value, str):
-            return cls(train=value)
+            value = {"train": value}
         unknown = set(value) - set(SPLITS)
         if unknown:
             raise DataError(f"data: unknown split(s) {sorted(unknown)}; expected {list(SPLITS)}")
@@ -56,6 +56,28 @@ HUB_MODEL_PINNED = re.compile(
     r"^(?P<repo>[A-Za-z0-9][\w.-]{0,95}(?:/[A-Za-z0-9][\w.-]{0,95})?)@(?P<revision>[0-9a-f]{40})$"
 )
 _DATA_SUFFIXES = {".conll", ".conllu", ".txt", ".iob", ".bio", ".tsv", ".jsonl", ".json", ".ndjson"}
+
+# A file sent to POST /train/uploads, named the same on every host: ``upload:<id>/<name>``, where
+# <id> is the upload's folder (32 hex digits) and <name> its stored file name. Each host finds it
+# under its own uploads folder, or fetches it from the artifact store (shared/training/uploads.py).
+UPLOAD_SCHEME = "upload:"
+UPLOAD_KEY = re.compile(r"^(?P<id>[0-9a-f]{32})/(?P<name>[A-Za-z0-9_-][A-Za-z0-9._-]{0,254})$")
+
+
+def upload_key(ref: str) -> str | None:
+    """The ``<id>/<name>`` of an ``upload:`` reference; None for other references, DataError if malformed.
+
+    Only the exact shape is accepted (no '..', no '/', no absolute path): the key is joined to
+    the uploads folder, so nothing else could be named through it.
+    """
+    if not ref.startswith(UPLOAD_SCHEME):
+        return None
+    key = ref.removeprefix(UPLOAD_SCHEME)
+    if not UPLOAD_KEY.fullmatch(key):
+        raise DataError(
+            f"{ref}: not an upload reference (expected upload:<id>/<name>, as POST /train/uploads returns)"
+        )
+    return key
 
 
 def _check_inside(ref: str, path: Path, roots: Sequence[Path] | None) -> None:
@@ -84,6 +106,9 @@ def resolve_local(ref: str, *, roots: Sequence[Path] | None, allow_hub: bool = T
     if ref.startswith("hf:"):
         hub_dataset_id(ref, allow_hub=allow_hub)
         return None
+    if upload_key(ref) is not None:
+        # The service maps uploads to this host's uploads folder before reading (uploads.local_spec).
+        raise DataError(f"{ref}: an upload; only a run queued through POST /train can read it")
     raw = Path(ref).expanduser()
     if raw.is_absolute():
         candidates = [raw]
@@ -109,9 +134,12 @@ def resolve_local(ref: str, *, roots: Sequence[Path] | None, allow_hub: bool = T
 
 def check_references(spec: DataSpec, *, roots: Sequence[Path] | None, allow_hub: bool = True) -> None:
     """Cheap checks a request can be refused on: paths exist and lie inside the allowed folders,
-    hub ids look like ``owner/name`` (and are allowed at all)."""
+    hub ids look like ``owner/name`` (and are allowed at all), uploads are well formed (whether one
+    exists and is the caller's is the database's to say: ``uploads.usable_upload``)."""
     for key, ref in spec.as_dict().items():
         try:
+            if upload_key(ref) is not None:
+                continue
             resolve_local(ref, roots=roots, allow_hub=allow_hub)
         except DataError as exc:
             raise DataError(f"data.{key}: {exc}") from None

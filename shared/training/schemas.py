@@ -40,13 +40,16 @@ PlainStr = Annotated[str, AfterValidator(_plain_text)]
 
 
 class TrainData(BaseModel):
-    """Data references: files or folders under NER_DATA_ROOTS (absolute, or relative to a root,
-    e.g. what POST /train/uploads returned), or a Hugging Face dataset id (``owner/name``)."""
+    """Data references: an upload (``upload:<id>/<name>``, the ``reference`` POST /train/uploads
+    returned, usable through any gateway), files or folders under NER_DATA_ROOTS (absolute, or
+    relative to a root), or a Hugging Face dataset id (``owner/name``)."""
 
     model_config = ConfigDict(extra="forbid")
 
     train: PlainStr = Field(
-        min_length=1, description="CoNLL or JSONL file, a folder with split files, or a hub id."
+        min_length=1,
+        description="An upload (upload:<id>/<name>), a CoNLL or JSONL file, a folder with split files, "
+        "or a hub id.",
     )
     validation: PlainStr | None = Field(default=None, description="Default: a seeded split of train.")
     test: PlainStr | None = Field(default=None, description="Scored per entity type at the end.")
@@ -130,7 +133,12 @@ class TrainRunList(BaseModel):
 
 
 class UploadOut(BaseModel):
-    path: str = Field(description="Where the file was stored; use it as a data reference in POST /train.")
+    path: str = Field(
+        description="Where the file was stored on the host that received it (a data reference there)."
+    )
+    reference: str = Field(
+        description="upload:<id>/<name>: the data reference for POST /train through any gateway host."
+    )
     bytes: int
     sha256: str
     filename: str | None = Field(default=None, description="The file's name as sent (shown, never a path)")

@@ -128,8 +128,17 @@ def check_run_quota(*, session: Session, settings: Settings, owner: Owner) -> No
 
 
 def check_upload_owner(data: DataSpec, *, session: Session, settings: Settings, owner: Owner) -> None:
-    """References into the uploads folder must name the caller's own uploads (as missing if not)."""
+    """References into the uploads folder must name the caller's own uploads (as missing if not).
+
+    An upload (``upload:<id>/<name>``) is looked up in the database and the artifact store, so one
+    received by a gateway on another host is accepted too; its path is never the caller's to choose.
+    """
     for key, ref in data.as_dict().items():
+        upload = uploads.upload_key_of(ref, settings=settings)
+        if upload is not None:
+            if uploads.usable_upload(session=session, settings=settings, owner=owner, key=upload) is None:
+                raise DataError(f"data.{key}: {ref}: no such file or folder")
+            continue
         path = resolve_local(ref, roots=allowed_roots(settings), allow_hub=settings.allow_hub_data)
         owned = path is None or uploads.owns_upload(
             session=session, settings=settings, owner=owner, path=path
@@ -148,7 +157,10 @@ def create_run(
     api_key_id: int | None = None,
     request_id: str | None = None,
 ) -> TrainingRun:
-    """Check the data references and store a queued run (committed); the caller enqueues it."""
+    """Check the data references and store a queued run (committed); the caller enqueues it.
+
+    Uploads are only checked for their form here: ``start_run`` checks that they exist and whose they are.
+    """
     check_references(data, roots=allowed_roots(settings), allow_hub=settings.allow_hub_data)
     if base_model:
         check_base_model(base_model, settings=settings)
@@ -194,7 +206,9 @@ def start_run(
         check_base_model_allowed(base_model, settings=settings, owner=owner)
         check_base_model(base_model, settings=settings)
         check_base_model_size(base_model, settings=settings, model_info=model_info)
-    spec = DataSpec.parse(data)
+    # Uploads are recorded as upload:<id>/<name>, whichever form the request used: any trainer,
+    # on any host, resolves that under its own uploads folder.
+    spec = uploads.normalized(DataSpec.parse(data), settings=settings)
     check_references(spec, roots=allowed_roots(settings), allow_hub=settings.allow_hub_data)
     check_upload_owner(spec, session=session, settings=settings, owner=owner)
     check_run_quota(session=session, settings=settings, owner=owner)

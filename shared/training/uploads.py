@@ -4,9 +4,16 @@ Each upload belongs to the key that sent it (a row in ``training_uploads``): onl
 admin) may reference it, it counts against the key's quota (NER_TRAIN_UPLOAD_QUOTA_BYTES), and
 the clean-up schedule deletes it after NER_TRAIN_UPLOAD_RETENTION_DAYS.
 
+An upload is referenced as ``upload:<id>/<name>`` (the response's ``reference``), the same on
+every host; the older forms, ``uploads/<id>/<name>`` relative to the first data root and an absolute
+path into this host's uploads folder, name the same upload (``upload_key_of``). Whether it exists
+and whose it is, the database says (``usable_upload``), never a path the caller chose.
+
 With a remote artifact store (NER_ARTIFACTS_URL) the file is also stored there, under
-``uploads/<id>/<name>``, and a trainer on another host fetches it to the same path under its own
-uploads folder before training (``fetch_uploads``), checked against the sha256 recorded here.
+``uploads/<id>/<name>``: a gateway that did not receive it accepts it on the store's word, and a
+trainer on another host fetches it to the same place under its own uploads folder before training
+(``fetch_uploads``), checked against the sha256 recorded here. With the folder store every host
+shares the uploads folder (the first data root) instead.
 """
 
 from __future__ import annotations
@@ -16,9 +23,9 @@ import logging
 import re
 import shutil
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
 from sqlalchemy import delete, func, select
@@ -31,7 +38,7 @@ from shared.core.config import Settings
 from shared.core.tables import TrainingUpload, utcnow
 from shared.keys.owner import Owner
 from shared.training.errors import DataError, UploadQuotaExceeded, UploadRejected, UploadTooLarge
-from shared.training.references import DataSpec
+from shared.training.references import UPLOAD_KEY, UPLOAD_SCHEME, DataSpec, upload_key
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +51,11 @@ class StoredUpload:
     bytes: int
     sha256: str
     filename: str | None  # as the caller named it
+
+    @property
+    def reference(self) -> str:
+        """How POST /train names it on any host: ``upload:<id>/<name>``."""
+        return f"{UPLOAD_SCHEME}{self.path.parent.name}/{self.path.name}"
 
 
 def shown_name(filename: str | None) -> str | None:
@@ -143,6 +155,76 @@ def owns_upload(*, session: Session, settings: Settings, owner: Owner, path: Pat
     return row is not None
 
 
+def upload_key_of(ref: str, *, settings: Settings) -> str | None:
+    """The ``<id>/<name>`` of the upload ``ref`` names, or None when it names no upload.
+
+    ``upload:<id>/<name>``, ``uploads/<id>/<name>`` (relative to the first data root, where the
+    uploads folder is) and an absolute path into this host's uploads folder do. Read from the text
+    alone: nothing is opened, so a symlink or a '..' is never followed into an upload (such a path
+    is checked as any other path is, by ``owns_upload``).
+    """
+    key = upload_key(ref)  # DataError for a malformed upload: reference
+    if key is not None:
+        return key
+    path = PurePosixPath(ref)  # drops "." parts and doubled slashes, keeps ".."
+    if path.is_absolute():
+        uploads = PurePosixPath(settings.uploads_dir)
+        if not path.is_relative_to(uploads):
+            return None
+        parts = path.relative_to(uploads).parts
+    else:
+        if path.parts[:1] != (settings.uploads_dir.name,):
+            return None
+        parts = path.parts[1:]
+    candidate = "/".join(parts)
+    return candidate if len(parts) == 2 and UPLOAD_KEY.fullmatch(candidate) else None
+
+
+def normalized(spec: DataSpec, *, settings: Settings) -> DataSpec:
+    """``spec`` with every upload named ``upload:<id>/<name>``: what a run records, so the trainer
+    that picks it up finds the files whatever host it runs on and wherever its uploads folder is."""
+    refs = {}
+    for split, ref in spec.as_dict().items():
+        try:
+            key = upload_key_of(ref, settings=settings)
+        except DataError as exc:
+            raise DataError(f"data.{split}: {exc}") from None
+        refs[split] = ref if key is None else f"{UPLOAD_SCHEME}{key}"
+    return replace(spec, **refs)
+
+
+def usable_upload(*, session: Session, settings: Settings, owner: Owner, key: str) -> TrainingUpload | None:
+    """The upload ``key`` if ``owner`` may train on it: recorded, unexpired, the owner's own (any, for
+    an admin), and either on this host or in the artifact store. None otherwise (shown as missing)."""
+    query = select(TrainingUpload).where(TrainingUpload.path == key, TrainingUpload.expires_at >= utcnow())
+    if not owner.admin:
+        query = query.where(TrainingUpload.api_key_id.is_not_distinct_from(owner.key_id))
+    row = session.scalar(query)
+    if row is None:
+        return None
+    if local_path(key, settings=settings).is_file():
+        return row
+    store = open_store(settings)
+    # The folder store keeps no uploads: its hosts share the uploads folder itself.
+    return row if not store.is_local and store.exists(_object_key(Path(key))) else None
+
+
+def local_path(key: str, *, settings: Settings) -> Path:
+    """Where upload ``key`` is (or is fetched to) on this host."""
+    if not UPLOAD_KEY.fullmatch(key):  # keys come from upload_key_of; never joined unchecked
+        raise DataError(f"{UPLOAD_SCHEME}{key}: not an upload reference")
+    return settings.uploads_dir / key
+
+
+def local_spec(spec: DataSpec, *, settings: Settings) -> DataSpec:
+    """``spec`` with its uploads as this host's files, for the data loader (after ``fetch_uploads``)."""
+    refs = {}
+    for split, ref in spec.as_dict().items():
+        key = upload_key_of(ref, settings=settings)
+        refs[split] = ref if key is None else str(local_path(key, settings=settings))
+    return replace(spec, **refs)
+
+
 def purge_expired_uploads(*, session: Session, settings: Settings, now: datetime | None = None) -> int:
     """Delete uploads past their retention (files and rows); returns how many."""
     now = now or utcnow()
@@ -182,28 +264,28 @@ def fetch_uploads(*, session: Session, settings: Settings, spec: DataSpec) -> li
     store = open_store(settings)
     if store.is_local:
         return []
-    uploads = settings.uploads_dir.resolve()
     fetched = []
-    for key, ref in spec.as_dict().items():
-        path = Path(ref).expanduser()
-        if not path.is_absolute():
-            path = uploads.parent / path  # uploads are referenced relative to the first data root too
-        path = path.resolve()
-        if not path.is_relative_to(uploads) or path == uploads or path.exists():
+    for split, ref in spec.as_dict().items():
+        key = upload_key_of(ref, settings=settings)
+        if key is None:
             continue
-        relative = path.relative_to(uploads).as_posix()
-        row = session.scalar(select(TrainingUpload).where(TrainingUpload.path == relative))
+        path = local_path(key, settings=settings)
+        if path.exists():
+            continue
+        row = session.scalar(select(TrainingUpload).where(TrainingUpload.path == key))
         if row is None:
-            continue  # not an upload: the data loader reports the missing file
+            raise DataError(f"data.{split}: {ref}: no such upload (expired, or never stored)")
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(f".{path.name}.partial")
         try:
-            store.get_file(_object_key(Path(relative)), partial)
+            store.get_file(_object_key(Path(key)), partial)
             if sha256_file(partial) != row.sha256:
-                raise DataError(f"data.{key}: the stored upload does not match its checksum; upload it again")
+                raise DataError(
+                    f"data.{split}: the stored upload does not match its checksum; upload it again"
+                )
             partial.replace(path)
         except ArtifactMissing:
-            raise DataError(f"data.{key}: the upload is no longer in the artifact store") from None
+            raise DataError(f"data.{split}: the upload is no longer in the artifact store") from None
         finally:
             partial.unlink(missing_ok=True)
         fetched.append(path)

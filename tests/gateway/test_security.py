@@ -920,7 +920,15 @@ def test_a_small_request_stays_fast_while_another_key_floods(model_gateway: Mode
     flood request in the engine ~150 ms, so the bounds are relative to the same requests measured
     without the flood just before, with a margin: here, today's code (no per-key cap in flight,
     requests not charged by characters) gave p50 929 ms and p90 1,345 ms; with the limits p50
-    152 ms and p90 284 ms. Bounded: 40 samples or 25 s, loopback only.
+    152 ms and p90 284 ms. With the key check and the bucket charge on the event loop (before, a
+    thread-pool hop per request, the flood's 429s included, and the small requests queued behind
+    them), at load average 7-8 in four runs: p50 53-141 ms, p90 111-444 ms, max 175-1,378 ms
+    against p50 27-32 ms alone (under py-spy, the thread-pool version p50 215 ms and p90 614 ms,
+    this one p50 141 ms and p90 307 ms). On the quiet machine (load average ~1), three runs: p50
+    58-68 ms, p90 88-104 ms, max 124-128 ms of 40 each (the goal's 200 ms p99), alone p50 14 ms. The
+    spread under load is this machine's: the flood's client threads share its 2 cores and now get their 429s
+    several times faster, so they spin harder; the bounds stay where they were.
+    Bounded: 40 samples or 25 s, loopback only.
     """
     url = model_gateway.url
     flood_body = {"text": ("Angela Merkel met Emmanuel Macron in Berlin on Tuesday. " * 18)[:1000]}
@@ -975,7 +983,7 @@ def test_a_small_request_stays_fast_while_another_key_floods(model_gateway: Mode
     (p50, p90), (alone_p50, alone_p90) = quantiles(latencies), quantiles(alone)
     measured = (
         f"flooded p50 {p50 * 1000:.0f} ms, p90 {p90 * 1000:.0f} ms, max {max(latencies) * 1000:.0f} ms; "
-        f"alone p50 {alone_p50 * 1000:.0f} ms, p90 {alone_p90 * 1000:.0f} ms"
+        f"alone p50 {alone_p50 * 1000:.0f} ms, p90 {alone_p90 * 1000:.0f} ms, max {max(alone) * 1000:.0f} ms"
     )
     print(measured, dict(Counter(flood_statuses)))  # for the log of a run with -s
     assert 429 in flood_statuses and 200 in flood_statuses, Counter(flood_statuses)  # served, held back

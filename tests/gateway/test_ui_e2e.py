@@ -12,6 +12,7 @@ import re
 import shutil
 import signal
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -368,8 +369,13 @@ def test_train_form_starts_a_run_watched_epoch_by_epoch(
         "learning_rate": 0.0005,
         "max_length": 64,
     }
-    assert Path(run["data"]["train"]).read_bytes() == train
-    assert Path(run["data"]["validation"]).read_bytes() == validation
+    # The run names its uploads host-independently ("upload:<id>/<name>"); here they are under the
+    # stack's uploads folder (its first data root).
+    uploads = Path(ui.env["NER_DATA_ROOTS"].split(",")[0]) / "uploads"
+    for split, content in (("train", train), ("validation", validation)):
+        scheme, _, key = run["data"][split].partition(":")
+        assert scheme == "upload", run["data"]
+        assert (uploads / key).read_bytes() == content
     expect(page.locator(f"#runs-table tbody tr[data-run-id='{run_id}']")).to_have_count(1)
 
     # The run advances as the trainer reports it (its own service functions, no model training
@@ -649,6 +655,14 @@ def test_3_keyboard_rows_tabs_entities_labels_and_one_h1(browser: Browser, ui: U
     page.goto(f"{ui.base_url}/#/jobs")
     row = page.locator(f"#jobs-table tbody tr[data-job-id='{job_id}']")
     row.focus()
+    # The list re-renders under a keyboard user (a refresh, a poll): the row keeps the focus.
+    row.evaluate("r => { window.previousRow = r; }")
+    page.evaluate("document.querySelector('#jobs-refresh').click()")
+    deadline = time.monotonic() + 5
+    while page.evaluate("() => window.previousRow.isConnected") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not page.evaluate("() => window.previousRow.isConnected"), "the refresh did not re-render the list"
+    expect(row).to_be_focused()
     page.keyboard.press("Enter")
     expect(page.locator("#job-id")).to_have_text(job_id)
     close(page)

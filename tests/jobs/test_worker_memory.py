@@ -1,8 +1,11 @@
 """Pool children's memory (issue 21): bounded shape caches, heap trimming, and the replacement net.
 
-The growth itself (226 -> 737 MB in a 4-minute soak) is measured by ``bench/soak.py``; these tests
-check that the pieces are in place in real processes: a worker whose pool child passes
-NER_WORKER_MAX_MEMORY_MB is given a fresh child after its task, and the job is still done once.
+The growth itself (226 -> 737 MB in a 4-minute soak; a pool child within 6.1% over the last half of
+a 30-minute one since batch widths are bucketed) is measured by ``bench/soak.py``: minutes of mixed
+traffic, too slow and too noisy on a shared machine for an assertion here. These tests check that the
+pieces are in place in real processes: a worker whose pool child passes NER_WORKER_MAX_MEMORY_MB is
+given a fresh child after its task, and the job is still done once; the bounded set of batch widths
+is ``tests/predict/test_engine_buckets.py``.
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from collections.abc import Iterator
@@ -17,7 +18,14 @@ from gateway.guard import parse_json
 from shared.core.config import Settings, get_settings
 from shared.core.db import reset_engine
 from shared.predict.engine import EngineOptions, NerEngine
-from shared.predict.engine.runtime import cpu_has_native_bf16, resolve_precision
+from shared.predict.engine.runtime import (
+    FullRangeDynamicLinear,
+    cpu_has_native_bf16,
+    cpu_has_vnni,
+    keeps_fp32,
+    quantize_int8,
+    resolve_precision,
+)
 from trainer.conll import read_conll
 
 GOOGLE = "Google was founded by Larry Page and Sergey Brin in California."
@@ -111,23 +119,59 @@ def test_bf16_casts_the_weights_and_agrees_with_fp32(
                 assert e.score == pytest.approx(common[(e.start, e.end)], abs=0.05)
 
 
-def test_int8_keeps_the_classifier_in_fp32_and_quantizes_the_encoder(
+def test_int8_keeps_the_classifier_and_first_layers_in_fp32_and_quantizes_the_rest(
     tiny_model_dir: Path, fp32: NerEngine, sentences: list[str]
 ) -> None:
     engine = NerEngine.load(tiny_model_dir, EngineOptions(precision="int8"))
     assert engine.precision == "int8"
     modules = dict(engine.model.named_modules())
-    assert type(modules["classifier"]) is torch.nn.Linear
-    assert modules["classifier"].weight.dtype == torch.float32
-    quantized = [
-        name
-        for name, m in modules.items()
-        if type(m).__module__ == "torch.ao.nn.quantized.dynamic.modules.linear"
-    ]
-    assert len(quantized) == 6 * engine.model.config.num_hidden_layers  # q, k, v, out, ffn in and out
-    assert not any(type(m) is torch.nn.Linear for name, m in modules.items() if name != "classifier")
+    kept = {name for name, m in modules.items() if type(m) is torch.nn.Linear}
+    layers = engine.model.config.num_hidden_layers
+    # The first encoder layer (q, k, v, attention out, FFN in and out), the second layer's attention
+    # (q, k, v, out) and the classifier stay fp32.
+    first = {n for n in kept if ".encoder.layer.0." in n}
+    second = {n for n in kept if ".encoder.layer.1.attention." in n}
+    assert kept == {"classifier"} | first | second
+    assert len(first) == 6 and len(second) == 4
+    assert all(modules[n].weight.dtype == torch.float32 for n in kept)
+    quantized = [name for name, m in modules.items() if isinstance(m, torch.ao.nn.quantized.dynamic.Linear)]
+    assert len(quantized) == 6 * (layers - 1) - 4  # the rest: q, k, v, out, FFN in and out
+    assert not any(".layer.0." in name or ".layer.1.attention." in name for name in quantized)
+    assert "bert.encoder.layer.1.intermediate.dense" in quantized
+    # 8-bit activations exactly where the CPU has VNNI (torch's 7-bit default elsewhere).
+    full_range = {type(modules[name]) is FullRangeDynamicLinear for name in quantized}
+    assert full_range == {cpu_has_vnni()}
     # The tests' tiny model is briefly trained (its margins are thin): most entities, not all, agree.
     assert _agreement(fp32.predict(sentences), engine.predict(sentences)) > 0.7
+
+
+def test_which_layers_int8_keeps_in_fp32_is_decided_by_name() -> None:
+    assert keeps_fp32("classifier") and keeps_fp32("bert.encoder.layer.0.output.dense")
+    assert keeps_fp32("roberta.encoder.layer.0.attention.self.query")
+    assert keeps_fp32("distilbert.transformer.layer.0.attention.q_lin")
+    assert keeps_fp32("bert.encoder.layer.1.attention.output.dense")
+    assert not keeps_fp32("bert.encoder.layer.1.output.dense")
+    assert not keeps_fp32("bert.encoder.layer.2.attention.self.query")
+    assert not keeps_fp32("bert.encoder.layer.10.attention.self.query")  # layer 10 is not layer 0
+    assert not keeps_fp32("bert.pooler.dense")
+    assert cpu_has_vnni(frozenset({"avx512f", "avx512_vnni"})) and cpu_has_vnni(frozenset({"avx_vnni"}))
+    assert not cpu_has_vnni(frozenset({"avx2", "avx512f"}))
+
+
+def test_full_range_activations_round_half_as_coarsely_as_torchs_default() -> None:
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(64, 32)
+    x = torch.randn(40, 64)
+    x[:, 3] *= 20  # one large channel sets the per-tensor activation scale, as in a real encoder
+    expected = layer(x)
+    errors = {}
+    for full in (True, False):
+        model = quantize_int8(torch.nn.Sequential(copy.deepcopy(layer)), full_range=full)
+        assert (type(model[0]) is FullRangeDynamicLinear) == full
+        with torch.inference_mode():
+            errors[full] = (model(x) - expected).abs().mean().item()
+    if cpu_has_vnni():  # without VNNI fbgemm may saturate 8-bit products; the engine never uses them there
+        assert errors[True] < 0.75 * errors[False], errors
 
 
 def test_the_old_quantize_option_still_means_int8(tiny_model_dir: Path) -> None:

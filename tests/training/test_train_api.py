@@ -13,7 +13,7 @@ import httpx
 import pytest
 import redis
 from fastapi.testclient import TestClient
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
 from shared.core.config import get_settings
 from shared.core.db import session_scope
@@ -125,11 +125,60 @@ def test_uploaded_data_lands_in_the_uploads_folder_and_can_be_referenced(
     assert stored.is_relative_to(get_settings().uploads_dir) and stored.name == "evil_name.conll"
     assert stored.read_bytes() == content and response.json()["bytes"] == len(content)
     assert response.json()["filename"] == "../../evil name.conll"  # as sent: shown, never used as a path
-    started = client.post("/train", json={"data": {"train": str(stored)}, "epochs": 1})
-    assert started.status_code == 202, started.text
-    client.post(f"/train/{started.json()['run_id']}/cancel")
+    # The host-independent reference; the absolute path and the relative one name the same upload,
+    # and every run records it as the reference, so a trainer on any host can find it.
+    reference = response.json()["reference"]
+    assert reference == f"upload:{stored.parent.name}/evil_name.conll"
+    relative = str(stored.relative_to(get_settings().data_roots[0]))
+    for ref in (str(stored), reference, relative):
+        started = client.post("/train", json={"data": {"train": ref}, "epochs": 1})
+        assert started.status_code == 202, (ref, started.text)
+        run = client.get(started.json()["status_url"]).json()
+        assert run["data"] == {"train": reference}, run["data"]
+        client.post(f"/train/{started.json()['run_id']}/cancel")
     empty = client.post("/train/uploads", files={"file": ("e.conll", io.BytesIO(b""))})
     assert empty.status_code == 422
+
+
+@pytest.mark.parametrize(
+    ("ref", "needle"),
+    [
+        ("upload:../x", "not an upload reference"),
+        ("upload:../../../../etc/passwd", "not an upload reference"),
+        ("upload:/etc/passwd", "not an upload reference"),
+        (f"upload:{'a' * 32}/../../../../etc/passwd", "not an upload reference"),
+        (f"upload:{'a' * 32}/..", "not an upload reference"),
+        (f"upload:{'a' * 32}", "not an upload reference"),
+        (f"upload:{'a' * 32}/x/y.conll", "not an upload reference"),
+        (f"upload:{uuid.uuid4().hex}/train.conll", "no such file"),  # well formed, never uploaded
+        (f"uploads/{uuid.uuid4().hex}/train.conll", "no such file"),
+    ],
+)
+def test_upload_references_name_nothing_but_recorded_uploads(
+    client: TestClient, data_folder: Path, ref: str, needle: str
+) -> None:
+    # Recorded under an unknown id, a real file under the uploads folder is still refused: the
+    # database decides what an upload reference names, not the disk.
+    planted = (
+        get_settings().uploads_dir / ref.removeprefix("upload:").split("/")[-2]
+        if needle == "no such file"
+        else None
+    )
+    if planted is not None:
+        planted.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(data_folder / "train.conll", planted / "train.conll")
+    with session_scope() as session:
+        runs_before = session.scalar(select(func.count()).select_from(TrainingRun))
+    try:
+        response = client.post("/train", json={"data": {"train": "small/train.conll", "test": ref}})
+    finally:
+        if planted is not None:
+            shutil.rmtree(planted)
+    assert response.status_code == 422, response.text
+    assert needle in response.text and "data.test" in response.text
+    assert "root:" not in response.text
+    with session_scope() as session:  # nothing was queued
+        assert session.scalar(select(func.count()).select_from(TrainingRun)) == runs_before
 
 
 # --- /models --------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import {
   fmtDate,
   fmtDuration,
   fmtNumber,
+  keepingRowFocus,
   fmtPercent,
   makeSortable,
   modelLabel,
@@ -189,7 +190,7 @@ async function refreshList({ more = false } = {}) {
     const rows = itemsOf(page).map(jobRow);
     const tbody = $("#jobs-table tbody");
     if (more) tbody.append(...rows);
-    else tbody.replaceChildren(...rows);
+    else keepingRowFocus(tbody, () => tbody.replaceChildren(...rows));
     state.listCursor = nextCursorOf(page);
     $("#jobs-more").hidden = !state.listCursor;
     showError(errorBox, null);
@@ -267,7 +268,8 @@ async function tick(jobId) {
   showError($("#job-error"), null);
   renderJob(job);
   // Keep the job's row in the list in step with the detail view.
-  $(`#jobs-table tbody tr[data-job-id="${CSS.escape(jobId)}"]`)?.replaceWith(jobRow(job));
+  const tbody = $("#jobs-table tbody");
+  keepingRowFocus(tbody, () => tbody.querySelector(`tr[data-job-id="${CSS.escape(jobId)}"]`)?.replaceWith(jobRow(job)));
   const active = ACTIVE.has(job.status);
   const first = state.lastStatus === null;
   const finished = state.lastStatus !== null && ACTIVE.has(state.lastStatus) && !active;

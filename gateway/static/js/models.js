@@ -14,6 +14,7 @@ import {
   fillStats,
   fmtDate,
   fmtNumber,
+  keepingRowFocus,
   fmtPercent,
   fmtScore,
   makeSortable,
@@ -136,7 +137,8 @@ export async function refresh() {
   try {
     const page = await api("/models");
     state.versions = itemsOf(page).sort((a, b) => b.version - a.version);
-    $("#models-table tbody").replaceChildren(...state.versions.map(versionRow));
+    const tbody = $("#models-table tbody");
+    keepingRowFocus(tbody, () => tbody.replaceChildren(...state.versions.map(versionRow)));
     $("#models-empty").hidden = state.versions.length > 0;
     showError(errorBox, null);
     fillCompareChoices();

@@ -16,6 +16,7 @@ import {
   fmtDate,
   fmtDuration,
   fmtNumber,
+  keepingRowFocus,
   fmtScore,
   pick,
   poll,
@@ -51,15 +52,15 @@ function rememberRunName(runId, name) {
   localStorage.setItem(NAMES_KEY, JSON.stringify(all));
 }
 
-// The run's data as people named it: a stored upload's path ends in its file name
-// (uploads/<folder>/<name>), a server path or hub id is shown as it is.
+// The run's data as people named it: a stored upload's reference ends in its file name
+// (upload:<folder>/<name>, or the older uploads/<folder>/<name>), a server path or hub id is shown as it is.
 function dataNames(run) {
   const data = run.data || {};
   const parts = ["train", "validation", "test"]
     .filter((split) => typeof data[split] === "string" && data[split])
     .map((split) => {
       const ref = data[split];
-      const name = /(^|\/)uploads\//.test(ref) ? ref.split("/").pop() : ref;
+      const name = /^upload:|(^|\/)uploads\//.test(ref) ? ref.split("/").pop() : ref;
       return split === "train" ? name : `${split}: ${name}`;
     });
   return parts.join(", ") || null;
@@ -142,7 +143,7 @@ async function dataOf(form) {
     const body = new FormData();
     body.append("file", file, file.name);
     const stored = await api("/train/uploads", { method: "POST", body });
-    data[split] = stored.path;
+    data[split] = stored.reference ?? stored.path; // "upload:<id>/<name>": valid on every gateway host
   }
   // Sent even without a train reference: the API names what is missing.
   return data;
@@ -198,7 +199,8 @@ async function refreshRuns() {
   const errorBox = $("#runs-error");
   try {
     const page = await api("/train", { query: { limit: 10 } });
-    $("#runs-table tbody").replaceChildren(...itemsOf(page).map(runRow));
+    const tbody = $("#runs-table tbody");
+    keepingRowFocus(tbody, () => tbody.replaceChildren(...itemsOf(page).map(runRow)));
     showError(errorBox, null);
   } catch (error) {
     // Listing runs is optional for watching one: say why it is empty, keep the rest working.
@@ -289,7 +291,8 @@ export function openRun(runId) {
       if (state.runId !== runId) return false;
       renderRun(run);
       // The run's row in the list moves with it (status, epochs), not only on Refresh.
-      $(`#runs-table tbody tr[data-run-id="${CSS.escape(runId)}"]`)?.replaceWith(runRow(run));
+      const tbody = $("#runs-table tbody");
+      keepingRowFocus(tbody, () => tbody.querySelector(`tr[data-run-id="${CSS.escape(runId)}"]`)?.replaceWith(runRow(run)));
       const active = ACTIVE.has(run.status);
       if (state.lastStatus && ACTIVE.has(state.lastStatus) && !active) refreshRuns();
       state.lastStatus = run.status;

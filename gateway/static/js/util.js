@@ -140,6 +140,18 @@ export function activatableRow(attrs, open, ...cells) {
   return row;
 }
 
+/** Re-renders a table body's rows without losing keyboard focus: the row that had it (same data
+ * attributes) has it again, so a list refreshing under a keyboard user does not drop them. */
+export function keepingRowFocus(tbody, render) {
+  const focused = document.activeElement;
+  const key = focused?.parentElement === tbody ? JSON.stringify(focused.dataset) : null;
+  render();
+  if (key === null) return;
+  for (const row of tbody.rows) {
+    if (JSON.stringify(row.dataset) === key) return row.focus();
+  }
+}
+
 /** A cell with its column name, shown on narrow screens where the table becomes cards. */
 export function cell(label, attrs, ...children) {
   return el("td", { ...attrs, "data-label": label }, ...children);

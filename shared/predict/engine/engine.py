@@ -16,7 +16,7 @@ from transformers import AutoModelForTokenClassification, AutoTokenizer
 
 from shared.predict import casing
 from shared.predict.engine import words
-from shared.predict.engine.batching import group_by_length
+from shared.predict.engine.batching import WIDTH_BUCKET, bucket_width, group_by_length
 from shared.predict.engine.errors import ModelLoadError
 from shared.predict.engine.runtime import configure_cpu_threads, pick_device, prepare_model, resolve_precision
 from shared.predict.engine.spans import decode_entities
@@ -44,6 +44,9 @@ class EngineOptions:
     batch_size: int = 32  # windows per forward pass
     max_window_tokens: int = 256  # including the special tokens
     stride_tokens: int = 64  # overlap between consecutive windows
+    # Batch widths rounded up to a bounded set of widths, steps of this at the shortest
+    # (batching.bucket_width), so shape caches stop growing (issue 21); 1: to the longest window.
+    width_bucket: int = WIDTH_BUCKET
 
     @classmethod
     def from_settings(cls, settings: Settings) -> EngineOptions:
@@ -108,6 +111,7 @@ class NerEngine:
             tokenizer.model_max_length if 0 < tokenizer.model_max_length < 100_000 else 512,
         )
         self.window_tokens = limit - len(self._prefix) - len(self._suffix)
+        self._max_width = limit  # a bucketed batch is never wider than the model takes
         self.stride_tokens = min(options.stride_tokens, self.window_tokens // 2)
         self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         # The Rust tokenizer object is not safe to call from several threads at once.
@@ -182,7 +186,11 @@ class NerEngine:
         out: list[np.ndarray] = [np.empty((0, len(self.id2label)), dtype=np.float32)] * len(windows)
         prefix, suffix = self._prefix, self._suffix
         for chunk in group_by_length([len(w.ids) for w in windows], self.options.batch_size):
-            width = len(prefix) + len(windows[chunk[-1]].ids) + len(suffix)
+            width = bucket_width(
+                len(prefix) + len(windows[chunk[-1]].ids) + len(suffix),
+                self.options.width_bucket,
+                self._max_width,
+            )
             input_ids = torch.full((len(chunk), width), self._pad_id, dtype=torch.long)
             attention = torch.zeros((len(chunk), width), dtype=torch.long)
             # Special tokens and padding have no characters: case class 0, as in training.

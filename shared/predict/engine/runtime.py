@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import warnings
+from collections.abc import Callable
 
 import torch
 
@@ -85,8 +87,8 @@ def prepare_model(
     bf16/fp16 cast the weights (half the memory traffic; AMX / tensor cores); the engine turns the
     logits back to fp32 before the softmax. int8 is dynamic quantization of the encoder's Linear
     layers (weights int8 per output channel, activations quantized on the fly), where nearly all of
-    an encoder's FLOPs are; the classifier head stays fp32 (a 384x9 layer: no time, but its
-    rounding moves entity boundaries).
+    an encoder's FLOPs are; the classifier head, the first encoder layer and the second one's
+    attention stay fp32 (``INT8_KEEP_FP32``).
     """
     model.eval()
     if precision == "int8":
@@ -100,24 +102,65 @@ def prepare_model(
     return model.to(device), "fp32"
 
 
-# Linear layers left in fp32 by int8: the token classifier (see prepare_model).
-INT8_KEEP_FP32 = ("classifier",)
+# Linear layers int8 leaves in fp32, by name: the token classifier (a 384x9 layer: no time, but its
+# rounding moves entity boundaries), the whole first encoder layer and the second one's attention.
+# Quantizing one layer group at a time and scoring whole eng.testb documents (bench/int8.py --search,
+# docs/benchmarks.md#precision) showed no one kind of Linear (q, k, v, attention out, FFN in, FFN out)
+# matters across layers, but the first layers do: their inputs are close to the embeddings, whose
+# few large channels set the per-tensor activation scale and leave the other channels a handful of
+# levels. Everything quantized: -0.6 document F1 (8-bit activations); first layer kept: -0.34;
+# plus the second layer's attention: -0.08, for 22% of the encoder's Linear FLOPs left in fp32.
+INT8_KEEP_FP32 = (r"(^|\.)classifier$", r"\.layer\.0\.", r"\.layer\.1\.attention\.")
 
 
-def quantize_int8(model: torch.nn.Module) -> torch.nn.Module:
-    """Dynamic int8 quantization of the encoder's Linear layers, per-channel weights."""
+def keeps_fp32(name: str) -> bool:
+    """Whether int8 leaves the Linear layer ``name`` (a ``named_modules`` name) in fp32."""
+    return any(re.search(pattern, name) for pattern in INT8_KEEP_FP32)
+
+
+def cpu_has_vnni(flags: frozenset[str] | None = None) -> bool:
+    """Whether the CPU has VNNI int8 dot products (AVX512-VNNI or AVX-VNNI)."""
+    flags = cpu_flags() if flags is None else flags
+    return bool({"avx512_vnni", "avx_vnni"} & flags)
+
+
+class FullRangeDynamicLinear(torch.ao.nn.quantized.dynamic.Linear):
+    """Dynamic int8 Linear whose activations use all 8 bits.
+
+    torch quantizes activations to 7 bits (``reduce_range``) because fbgemm's pre-VNNI kernels sum
+    pairs of u8 x s8 products in saturating int16; with VNNI the products accumulate in int32 and
+    the eighth bit is free: it halves the activation rounding (+0.4 document F1 on eng.testb).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        packed = self._packed_params._packed_params
+        return torch.ops.quantized.linear_dynamic(x, packed, reduce_range=False).to(x.dtype)
+
+
+def quantize_int8(
+    model: torch.nn.Module,
+    *,
+    full_range: bool | None = None,
+    keep_fp32: Callable[[str], bool] = keeps_fp32,
+) -> torch.nn.Module:
+    """Dynamic int8 quantization of the encoder's Linear layers (per-channel weights), less those
+    ``keep_fp32`` names; activations in 8 bits where the CPU has VNNI (``full_range``), else 7."""
     from torch.ao.quantization import per_channel_dynamic_qconfig
 
+    full_range = cpu_has_vnni() if full_range is None else full_range
     spec = {
         name: per_channel_dynamic_qconfig
         for name, module in model.named_modules()
-        if isinstance(module, torch.nn.Linear) and not name.endswith(INT8_KEEP_FP32)
+        if isinstance(module, torch.nn.Linear) and not keep_fp32(name)
+    }
+    mapping = {
+        torch.nn.Linear: FullRangeDynamicLinear if full_range else torch.ao.nn.quantized.dynamic.Linear
     }
     with warnings.catch_warnings():
         # torch marks its quantized tensor types deprecated; the path still works and is opt-in.
         warnings.filterwarnings("ignore", category=UserWarning, module="torch")
         warnings.filterwarnings("ignore", category=DeprecationWarning)
-        return torch.ao.quantization.quantize_dynamic(model, spec, dtype=torch.qint8)
+        return torch.ao.quantization.quantize_dynamic(model, spec, dtype=torch.qint8, mapping=mapping)
 
 
 def configure_cpu_threads(requested: int | None) -> int:
