@@ -518,9 +518,12 @@ def report(
         f"{args.clients} clients on `POST /predict/` back to back, {counts['jobs']} bulk jobs of "
         f"{args.documents} CoNLL sentences (JSON and JSONL, half with an `Idempotency-Key`, one sent twice), "
         "two inference workers (`ner worker --beat` and `ner worker`, concurrency 1 each), default "
-        "heartbeat and stall settings. Model: " + model_note + ". **The 2 CPU cores were shared with "
-        "other engineers' builds and tests during the run**: latencies and recovery times are those of "
-        "a busy machine.",
+        "heartbeat and stall settings. Model: "
+        + model_note
+        + ". Load average (1, 5, 15 min) at the end: "
+        + ", ".join(f"{value:.2f}" for value in os.getloadavg())
+        + f" on {os.cpu_count()} CPUs (all of the soak's processes share them: on a machine shared with "
+        "other work, latencies and recovery times are those of a busy machine).",
         "",
         "| documents submitted | stored | duplicated | missing | skipped (cancelled job) | jobs "
         "| by status | idempotency |",
