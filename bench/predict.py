@@ -153,11 +153,13 @@ def fp32_peak_gflops(cores: int) -> tuple[float, str]:
     return cores * ghz * per_cycle, f"{cores} cores x {ghz:.2f} GHz x {per_cycle} FLOP/cycle"
 
 
-def measured_matmul_gflops(rounds: int = 5, seconds: float = 1.0) -> float:
-    """Best rate of a 1024x1024 fp32 matmul over a few short rounds (the machine is shared)."""
+def measured_matmul_gflops(rounds: int = 5, seconds: float = 1.0, *, dtype: str = "float32") -> float:
+    """Best rate of a 1024x1024 matmul (``dtype``, a torch dtype name) over a few short rounds (the
+    machine is shared)."""
     import torch  # after shared.predict.engine, which sets the OpenMP wait policy before torch loads
 
-    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    kind = getattr(torch, dtype)
+    a, b = torch.randn(1024, 1024).to(kind), torch.randn(1024, 1024).to(kind)
     torch.mm(a, b)
     best = 0.0
     for _ in range(rounds):
@@ -431,18 +433,7 @@ def document_texts(conll_dir: Path, limit: int) -> list[str]:
 
 def measured_matmul_bf16_gflops(rounds: int = 5, seconds: float = 1.0) -> float:
     """Best rate of a 1024x1024 bf16 matmul (AMX / AVX512-BF16 where the CPU has them)."""
-    import torch
-
-    a, b = torch.randn(1024, 1024).bfloat16(), torch.randn(1024, 1024).bfloat16()
-    torch.mm(a, b)
-    best = 0.0
-    for _ in range(rounds):
-        runs, started = 0, time.perf_counter()
-        while time.perf_counter() - started < seconds:
-            torch.mm(a, b)
-            runs += 1
-        best = max(best, runs * 2 * 1024**3 / (time.perf_counter() - started) / 1e9)
-    return best
+    return measured_matmul_gflops(rounds, seconds, dtype="bfloat16")
 
 
 def main(argv: list[str] | None = None) -> int:
