@@ -19,8 +19,8 @@ from typing import Any
 import datasets
 import pyarrow.compute as pc
 
+from shared.artifacts.versions import sha256_file
 from shared.predict.engine.words import split_words
-from shared.registry.manifest import file_sha256
 from shared.training.errors import DataError
 from shared.training.references import SPLITS, DataSpec, resolve_local, split_files
 from trainer import formats
@@ -168,7 +168,7 @@ def read_local(path: Path, *, cache_dir: Path | None) -> tuple[datasets.Dataset,
     """One local file as a Dataset (Arrow on disk) and the sha256 of its content."""
     if next(iter_file(path), None) is None:
         raise DataError(f"{path}: no sentences found (empty dataset)")
-    content_hash = file_sha256(path)
+    content_hash = sha256_file(path)
     fingerprint = hashlib.sha256(f"{READER_VERSION}:{path}:{content_hash}".encode()).hexdigest()[:32]
     try:
         dataset = datasets.Dataset.from_generator(

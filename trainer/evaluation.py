@@ -15,10 +15,10 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from shared.artifacts.versions import sha256_file
 from shared.core.config import Settings
 from shared.predict.schemas import Entity
 from shared.registry.gate import GateSet
-from shared.registry.manifest import file_sha256
 from shared.training.errors import DataError
 from shared.training.references import resolve_local, split_files
 from trainer.conll import Sentence, read_documents
@@ -264,7 +264,7 @@ def gate_set_from_settings(
 
     precision = (options or EngineOptions()).resolved_precision()
     digest = hashlib.sha256(
-        f"{file_sha256(path)}:evaluation-{EVALUATION_VERSION}:engine-{engine_fingerprint()}:"
+        f"{sha256_file(path)}:evaluation-{EVALUATION_VERSION}:engine-{engine_fingerprint()}:"
         f"precision-{precision}".encode()
     ).hexdigest()
 

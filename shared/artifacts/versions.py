@@ -25,7 +25,7 @@ from shared.artifacts.store import MODELS_PREFIX, ObjectStore
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"  # the same name as shared/registry/manifest.py writes
+MANIFEST = "manifest.json"  # in every version folder: its files and sha256 (shared/registry/manifest.py)
 _PIN = "#sha256="
 KEEP_CACHED = 5  # versions a node keeps beyond the ones it is asked for
 
@@ -74,8 +74,9 @@ def manifest_files(data: bytes, *, name: str) -> dict[str, str]:
         raise ArtifactCorrupt(f"{name}: {MANIFEST} is malformed")
     for relative in files:
         parts = PurePosixPath(relative).parts
+        # A manifest is data from the artifact store: it must not point outside its own folder.
         if not parts or PurePosixPath(relative).is_absolute() or ".." in parts or relative == MANIFEST:
-            raise ArtifactCorrupt(f"{name}: {MANIFEST} names a file outside the version")
+            raise ArtifactCorrupt(f"{name}: {MANIFEST} names a file outside the folder")
     return files
 
 

@@ -7,14 +7,13 @@ A servable version folder holds ``config.json`` (with ``id2label``), ``model.saf
 
 from __future__ import annotations
 
-import hashlib
 import json
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
+from shared.artifacts.errors import ArtifactCorrupt
+from shared.artifacts.versions import MANIFEST, manifest_files, sha256_file
 from shared.registry.errors import CorruptVersion
 
-# Written into every published version folder: the files and their sha256, checked on activation.
-MANIFEST = "manifest.json"
 WEIGHTS = "model.safetensors"
 WEIGHT_FILES = (WEIGHTS,)
 # Files that are deserialised with pickle by torch or transformers: never in a version folder.
@@ -22,18 +21,10 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 REQUIRED = ("config.json", WEIGHTS)
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def write_manifest(folder: Path) -> dict[str, str]:
     """Record every file of a version folder with its sha256 (activation and loading check them)."""
     files = {
-        path.relative_to(folder).as_posix(): file_sha256(path)
+        path.relative_to(folder).as_posix(): sha256_file(path)
         for path in sorted(folder.rglob("*"))
         if path.is_file() and path.name != MANIFEST
     }
@@ -47,19 +38,11 @@ def _read_manifest(folder: Path, name: str) -> dict[str, str]:
     if not path.is_file():
         raise CorruptVersion(f"{name}: {MANIFEST} is missing (a version must list its files and hashes)")
     try:
-        files = json.loads(path.read_text())["files"]
-    except (OSError, ValueError, KeyError, TypeError):
+        return manifest_files(path.read_bytes(), name=name)
+    except OSError:
         raise CorruptVersion(f"{name}: {MANIFEST} is unreadable") from None
-    if not isinstance(files, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in files.items()
-    ):
-        raise CorruptVersion(f"{name}: {MANIFEST} is malformed")
-    for relative in files:
-        parts = PurePosixPath(relative).parts
-        # A manifest is data from the artifact store: it must not point outside its own folder.
-        if not parts or PurePosixPath(relative).is_absolute() or ".." in parts:
-            raise CorruptVersion(f"{name}: {MANIFEST} names a file outside the folder")
-    return files
+    except ArtifactCorrupt as exc:  # the store's own check: malformed, or naming a file outside
+        raise CorruptVersion(str(exc)) from None
 
 
 def validate_version_folder(path: str | Path) -> None:
@@ -93,7 +76,7 @@ def validate_version_folder(path: str | Path) -> None:
         file = folder / relative
         if not file.is_file():  # a symlink counts by what it points to: its content is hashed
             raise CorruptVersion(f"{name}: {relative} is missing")
-        if file_sha256(file) != expected:
+        if sha256_file(file) != expected:
             raise CorruptVersion(f"{name}: {relative} is corrupt (checksum mismatch)")
     try:
         config = json.loads((folder / "config.json").read_text())

@@ -14,11 +14,11 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from shared.artifacts.store import ObjectStore, open_store
-from shared.artifacts.versions import add_to_cache, upload_version, version_uri
+from shared.artifacts.versions import add_to_cache, sha256_file, upload_version, version_uri
 from shared.core.config import Settings, get_settings
 from shared.core.tables import ModelVersion
 from shared.registry import gate, service
-from shared.registry.manifest import MANIFEST, file_sha256, write_manifest
+from shared.registry.manifest import MANIFEST, write_manifest
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +134,7 @@ def _claim_in_store(
 ) -> ModelVersion | None:
     """The object-store publish: the row claims N, every file and then the manifest are stored, and
     only then is the row committed, so no node can see a version whose objects are incomplete."""
-    uri = version_uri(target.store, version, file_sha256(staging / MANIFEST))
+    uri = version_uri(target.store, version, sha256_file(staging / MANIFEST))
     row = _register(session=session, candidate=candidate, version=version, path=uri)
     if row is None:
         return None

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from shared.artifacts.errors import ArtifactMissing
 from shared.artifacts.store import ObjectStore, open_store
-from shared.artifacts.versions import MANIFEST, is_store_uri, parse_uri
+from shared.artifacts.versions import MANIFEST, is_store_uri, parse_uri, sha256_file
 from shared.core.config import Settings
 from shared.core.db import make_engine
 from shared.core.tables import ArtifactChunk, ModelVersion
@@ -23,7 +23,6 @@ from shared.predict.engine.errors import ModelLoadError
 from shared.predict.serving import ModelProvider
 from shared.registry import service as registry
 from shared.registry.errors import CorruptVersion
-from shared.registry.manifest import file_sha256
 from shared.registry.publish import Candidate, publish_active_as, publish_version
 from tests.scaleout.conftest import S3_KEY, S3Server
 from tests.support.services import migrated_database
@@ -126,8 +125,8 @@ def test_a_version_travels_through_the_store_into_another_nodes_empty_cache(
 
     # The gateway's copy sits in its own cache, under the manifest's sha256, file for file the same.
     cached = gateway.artifacts_cache_dir / row.path.rsplit("=", 1)[-1]
-    assert cached.is_dir() and file_sha256(cached / MANIFEST) == cached.name
-    assert file_sha256(cached / "model.safetensors") == file_sha256(tiny_model_dir / "model.safetensors")
+    assert cached.is_dir() and sha256_file(cached / MANIFEST) == cached.name
+    assert sha256_file(cached / "model.safetensors") == sha256_file(tiny_model_dir / "model.safetensors")
     # The publisher cached what it published: it never downloads its own version.
     assert (trainer.artifacts_cache_dir / cached.name / "model.safetensors").is_file()
 
