@@ -76,7 +76,7 @@ bench-soak: $(STAMP)
 bench-quality: $(STAMP)
 	$(BIN)/python -m bench.quality
 
-# Default recipe on full CoNLL-2003 (3 epochs, CPU), the four losses, throughput vs the HF Trainer.
+# Default recipe on full CoNLL-2003 (its epochs, CPU), the four losses, throughput vs the HF Trainer.
 # Hours on 2 shared cores; `$(BIN)/python -m bench.train --only default` runs one part.
 bench-train: $(STAMP)
 	$(BIN)/python -m bench.train

@@ -11,7 +11,14 @@ from typing import Any
 from prometheus_client import Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
 
-from shared.core.celery_app import INFERENCE_QUEUE, SHADOW_QUEUE, TRAINING_QUEUE, celery_app, queue_depths
+from shared.core.celery_app import (
+    INFERENCE_QUEUE,
+    RECOVERY_QUEUE,
+    SHADOW_QUEUE,
+    TRAINING_QUEUE,
+    celery_app,
+    queue_depths,
+)
 from shared.core.metrics import multiprocess_enabled
 from shared.core.redis import redis_client
 
@@ -88,7 +95,9 @@ class QueueDepthCollector:
     """
 
     def __init__(
-        self, broker_url: str, queues: Iterable[str] = (INFERENCE_QUEUE, TRAINING_QUEUE, SHADOW_QUEUE)
+        self,
+        broker_url: str,
+        queues: Iterable[str] = (INFERENCE_QUEUE, RECOVERY_QUEUE, TRAINING_QUEUE, SHADOW_QUEUE),
     ) -> None:
         self.broker_url = broker_url
         self.queues = tuple(queues)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import random
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -265,6 +267,35 @@ def tag_counts(dataset: datasets.Dataset) -> dict[str, int]:
     return {item["values"].as_py(): item["counts"].as_py() for item in counts}
 
 
+def hold_out_documents(
+    dataset: datasets.Dataset, *, fraction: float, seed: int
+) -> tuple[datasets.Dataset, datasets.Dataset]:
+    """Split off about ``fraction`` of the sentences as whole documents, both parts in file order.
+
+    A shuffled sentence split would scatter every document, and the encoder, which takes a
+    sentence's neighbours in the data as its context, would train on sentences alone.
+    """
+    documents = dataset["document"] if "document" in dataset.column_names else [-1] * len(dataset)
+    # A sentence with a negative id is its own document; so is every row of a file without ids.
+    groups = [document if document >= 0 else -1 - row for row, document in enumerate(documents)]
+    order = list(dict.fromkeys(groups))
+    if len(order) < 2:  # one document only: hold out sentences, keeping the rest in order
+        groups, order = list(range(len(dataset))), list(range(len(dataset)))
+    random.Random(seed).shuffle(order)
+    sizes = Counter(groups)
+    target = max(1, round(fraction * len(dataset)))
+    held: set[int] = set()
+    count = 0
+    for group in order[:-1]:  # at least one group stays for training
+        if count >= target:
+            break
+        held.add(group)
+        count += sizes[group]
+    validation = [row for row, group in enumerate(groups) if group in held]
+    train = [row for row, group in enumerate(groups) if group not in held]
+    return dataset.select(train), dataset.select(validation)
+
+
 def load_data(
     spec: DataSpec,
     *,
@@ -311,9 +342,12 @@ def load_data(
     if "validation" not in splits:
         if len(splits["train"]) < 2:
             raise DataError(f"{sources['train']}: too few sentences to hold out a validation split")
-        parts = splits["train"].train_test_split(test_size=validation_fraction, seed=seed)
-        splits["train"], splits["validation"] = parts["train"], parts["test"]
-        sources["validation"] = f"{validation_fraction:.0%} of {sources['train']} (seed {seed})"
+        splits["train"], splits["validation"] = hold_out_documents(
+            splits["train"], fraction=validation_fraction, seed=seed
+        )
+        sources["validation"] = (
+            f"{validation_fraction:.0%} of {sources['train']} by whole documents (seed {seed})"
+        )
         from_train = True
         hashes.append(f"split:{validation_fraction}:{seed}")
 

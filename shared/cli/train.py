@@ -27,7 +27,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     )
     data = parser.add_argument_group("data")
     data.add_argument("--train", help="training data: CoNLL or JSONL file, folder, or hub dataset id")
-    data.add_argument("--validation", help="validation data (default: a seeded split of --train)")
+    data.add_argument(
+        "--validation", help="validation data (default: a seeded split of --train, by whole documents)"
+    )
     data.add_argument("--test", help="test data, scored per entity type at the end")
     data.add_argument("--data", help="one folder or hub dataset id holding all splits (instead of --train)")
     run = parser.add_argument_group("run")

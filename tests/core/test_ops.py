@@ -208,7 +208,12 @@ def test_metrics_show_queue_depth_and_batch_sizes(client: TestClient, service_en
         _value(text, "ner_predict_batch_size_count") >= 1 and _value(text, "ner_predict_batch_size_sum") >= 7
     )
     depths = {labels: value for (name, labels), value in _samples(text).items() if name == "ner_queue_depth"}
-    assert {dict(labels)["queue"] for labels in depths} == {"inference", "training", "shadow"}
+    assert {dict(labels)["queue"] for labels in depths} == {
+        "inference",
+        "inference.recovery",
+        "training",
+        "shadow",
+    }
 
     queue = f"test-depth-{uuid.uuid4().hex[:8]}"
     redis = redis_client(service_env["NER_REDIS_URL"])

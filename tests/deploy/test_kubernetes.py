@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from shared.core.celery_app import INFERENCE_QUEUE
+from shared.core.celery_app import INFERENCE_QUEUE, RECOVERY_QUEUE
 from tests.deploy.files import (
     FLOWER_HEALTH_PATH,
     K8S_DIR,
@@ -219,10 +219,13 @@ def k8s_autoscaling_problems(objects: list, tmp: Path) -> list[str]:
         container = deployments[target]["spec"]["template"]["spec"]["containers"][0]
         argv = as_argv(container.get("command")) + as_argv(container.get("args"))
         queues = (option_value(celery_argv(argv, tmp), "--queues", "-Q") or "").split(",")
+        watched_lists = set()
         for trigger in obj["spec"]["triggers"]:
             watched = trigger["metadata"].get("listName")
-            if trigger["type"] == "redis" and (watched not in queues or watched != INFERENCE_QUEUE):
-                problems.append(f"{where}: watches Redis list {watched!r}, {target!r} consumes {queues}")
+            if trigger["type"] == "redis":
+                watched_lists.add(watched)
+                if watched not in queues or watched not in (INFERENCE_QUEUE, RECOVERY_QUEUE):
+                    problems.append(f"{where}: watches Redis list {watched!r}, {target!r} consumes {queues}")
             auth = (trigger.get("authenticationRef") or {}).get("name")
             if auth is not None and auth not in auths:
                 problems.append(f"{where}: authenticationRef {auth!r} is no TriggerAuthentication")
@@ -231,6 +234,9 @@ def k8s_autoscaling_problems(objects: list, tmp: Path) -> list[str]:
                     problems.append(
                         f"TriggerAuthentication {auth!r}: secret {ref['name']!r} has no {ref['key']!r}"
                     )
+        if watched_lists and watched_lists != {INFERENCE_QUEUE, RECOVERY_QUEUE}:
+            # A backlog of re-sent chunks alone must scale the workers too.
+            problems.append(f"{where}: watches {sorted(watched_lists)}, not both inference queues")
     return problems
 
 

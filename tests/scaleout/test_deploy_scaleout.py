@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from shared.core.celery_app import INFERENCE_QUEUE
+from shared.core.celery_app import INFERENCE_QUEUE, RECOVERY_QUEUE
 from tests.deploy.files import K8S_DIR, RENDER_FILE, setting_problems
 
 OVERLAY = K8S_DIR / "object-store"
@@ -66,7 +66,7 @@ def test_the_object_store_overlay_patches_what_the_base_defines() -> None:
         assert claims <= replaced, f"{name}: claims {claims} not replaced"
 
 
-def test_the_overlay_settings_are_valid_and_keda_watches_the_inference_queue() -> None:
+def test_the_overlay_settings_are_valid_and_keda_watches_the_inference_queues() -> None:
     config = _docs(OVERLAY / "config.yaml")[0]["data"]
     assert config["NER_ARTIFACTS_URL"].startswith("s3://")
     base_config = next(d for d in _docs(K8S_DIR / "01-config.yaml") if d["kind"] == "ConfigMap")["data"]
@@ -75,10 +75,12 @@ def test_the_overlay_settings_are_valid_and_keda_watches_the_inference_queue() -
     auths = {d["metadata"]["name"] for d in _docs(OVERLAY / "rabbitmq-autoscaling.yaml")}
     (obj,) = scaled
     assert obj["spec"]["scaleTargetRef"]["name"] == "ner-worker"
-    (trigger,) = obj["spec"]["triggers"]
-    assert trigger["type"] == "rabbitmq" and trigger["metadata"]["queueName"] == INFERENCE_QUEUE
-    assert trigger["metadata"]["mode"] == "QueueLength"
-    assert trigger["authenticationRef"]["name"] in auths
+    triggers = obj["spec"]["triggers"]
+    # Re-sent chunks wait in their own queue; a backlog there alone must scale the workers too.
+    assert sorted(t["metadata"]["queueName"] for t in triggers) == sorted([INFERENCE_QUEUE, RECOVERY_QUEUE])
+    for trigger in triggers:
+        assert trigger["type"] == "rabbitmq" and trigger["metadata"]["mode"] == "QueueLength"
+        assert trigger["authenticationRef"]["name"] in auths
 
 
 def test_render_services_share_versions_through_the_database() -> None:

@@ -102,6 +102,24 @@ def test_seeded_validation_split_is_reproducible(tmp_path: Path) -> None:
     assert one.validation_split_from_train
 
 
+def test_validation_split_holds_out_whole_documents_in_file_order(tmp_path: Path) -> None:
+    # Shuffled sentences would leave every training sentence without its neighbours (no context).
+    documents = [
+        "-DOCSTART- -X- O O\n\n" + "\n\n".join(f"d{d}s{s} O\nCity{d} B-LOC" for s in range(5))
+        for d in range(20)
+    ]
+    train = _write(tmp_path / "train.conll", "\n\n".join(documents) + "\n")
+    loaded = _load(tmp_path, DataSpec(train=str(train)), seed=3, validation_fraction=0.2)
+    held, kept = loaded.splits["validation"], loaded.splits["train"]
+    assert len(held) == 20 and len(kept) == 80
+    assert all(held["document"].count(d) == 5 for d in set(held["document"]))
+    assert set(held["document"]).isdisjoint(kept["document"])
+    for part in (held, kept):
+        lines = [int(origin.rsplit(":", 1)[1]) for origin in part["origin"]]
+        assert lines == sorted(lines)
+    assert "by whole documents" in loaded.sources["validation"]
+
+
 def test_hub_rows_map_class_labels_to_iob2_names() -> None:
     names = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
     features = datasets.Features(
