@@ -59,12 +59,16 @@ class Decision:
     remaining: int
 
 
-def _bucket_args(key: str, *, rate: float, capacity: float, cost: int) -> tuple[list[str], list[float | int]]:
-    """The script's KEYS and ARGV for ``cost`` tokens of ``key``.
+def _bucket_args(
+    key: str, *, per_minute: int, burst: int | None, cost: int
+) -> tuple[list[str], list[float | int]]:
+    """The script's KEYS and ARGV for ``cost`` tokens of ``key``'s bucket (``burst`` tokens, else
+    ``per_minute``, refilled at ``per_minute`` a minute).
 
     A cost above the bucket's size is charged as a full bucket: it can still pass, once the
     bucket is full, instead of never.
     """
+    rate, capacity = per_minute / 60.0, burst or per_minute
     cost = max(1, min(cost, int(capacity)))
     return [f"ner:ratelimit:{key}"], [rate, capacity, cost]
 
@@ -85,13 +89,13 @@ class TokenBucket:
 
     def __init__(self, client: redis.Redis, *, per_minute: int, burst: int | None = None) -> None:
         self.client = client
-        self.rate = per_minute / 60.0
-        self.capacity = burst or per_minute
+        self.per_minute = per_minute
+        self.burst = burst
         self._script = client.register_script(TOKEN_BUCKET_LUA)
 
     def take(self, key: str, cost: int = 1) -> Decision:
         """Spend ``cost`` tokens of ``key``'s bucket when it has them (see ``_bucket_args``)."""
-        keys, args = _bucket_args(key, rate=self.rate, capacity=self.capacity, cost=cost)
+        keys, args = _bucket_args(key, per_minute=self.per_minute, burst=self.burst, cost=cost)
         return _decision(self._script(keys=keys, args=args))
 
 
@@ -190,8 +194,7 @@ async def check_cost_async(
     *, redis_url: str, key: str, per_minute: int, burst: int | None, cost: int = 1
 ) -> Decision:
     """``check_cost`` on the event loop: the same script in one round trip; fails open the same way."""
-    rate, capacity = per_minute / 60.0, burst or per_minute
-    keys, args = _bucket_args(key, rate=rate, capacity=capacity, cost=cost)
+    keys, args = _bucket_args(key, per_minute=per_minute, burst=burst, cost=cost)
     try:
         return _decision(await _async_bucket_script(redis_url)(keys=keys, args=args))
     except (redis.RedisError, OSError) as exc:  # TimeoutError is an OSError
