@@ -15,7 +15,8 @@ Then it waits for every job to finish and reports: documents submitted / stored 
 missing, jobs by status, idempotency, predict requests and errors per phase with p50/p99, the time
 from each kill to its chunk's re-claim and completion, beat schedulers alive, RSS per process at
 start, half-way and end, and every ``RSS_EVERY_S`` seconds: each process's spread over the last half
-of the run (the issue's goal: flat within 10%). Run: ``make bench-soak`` (``python -m bench.soak --help``).
+of the run (the issue's goal: flat within 10%). The process logs and every RSS sample (``rss.json``)
+are kept under ``test-artifacts/soak-*``. Run: ``make bench-soak`` (``python -m bench.soak --help``).
 """
 
 from __future__ import annotations
@@ -678,7 +679,7 @@ def main(argv: list[str] | None = None) -> int:
             finally:  # whatever happened, no process of the stack outlives the run
                 soak.stop.set()
                 soak.stop_processes()
-                print(f"process logs: {keep_logs(state)}")
+                print(f"process logs and RSS samples: {keep_logs(state, soak)}")
     markdown = report(soak, args, model_note, counts, [rss_start, rss_half, rss_end], schedulers, wall_s)
     print(markdown)
     if not args.no_write:
@@ -712,12 +713,18 @@ def _s(seconds: float | None) -> str:
     return f"{seconds:.1f} s" if seconds is not None else "-"
 
 
-def keep_logs(state: Path) -> Path:
-    """The processes' logs, kept under test-artifacts/ (the state folder is deleted)."""
+def keep_logs(state: Path, soak: Soak) -> Path:
+    """The processes' logs and every RSS sample (``rss.json``), kept under test-artifacts/."""
     target = REPO / "test-artifacts" / f"soak-{time.strftime('%Y%m%d-%H%M%S')}"
     target.mkdir(parents=True, exist_ok=True)
     for log in state.glob("*.log"):
         shutil.copy(log, target / log.name)
+    # Beside the events, so a spread can be read against what the process was doing at the time.
+    series = [
+        {"at_s": round(at, 1), "rss_mb": {role: [pid, round(mb, 1)] for role, (pid, mb) in rss.items()}}
+        for at, rss in soak.rss_samples
+    ]
+    (target / "rss.json").write_text(json.dumps({"events": soak.events, "samples": series}, indent=1))
     return target
 
 

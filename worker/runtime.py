@@ -123,8 +123,7 @@ class WorkerRuntime:
     """The model provider and supervisor of one worker process."""
 
     def __init__(self, settings: Settings) -> None:
-        bound_shape_caches()  # before this process's first forward pass (the solo pool too)
-        fix_mmap_threshold()
+        fix_mmap_threshold()  # before this process's first forward pass (the solo pool too)
         self.settings = settings
         self.provider = ModelProvider(settings)
         self.supervisor = Supervisor(settings)
@@ -175,21 +174,9 @@ def runtime() -> WorkerRuntime:
 
 
 # --- memory (issue 21: pool children grew 226 -> 737 MB in a 4-minute soak) ----------------------
-# One engine, 150 predict calls of mixed sizes (1-500 texts, some paragraphs), RSS from 530 MB:
-# +677 MB as it was; the same with MALLOC_ARENA_MAX=2 (not glibc arenas); +596 with malloc_trim after
-# each call; +413 with oneDNN's primitive cache capped at 8 (it keeps a primitive, with its scratch
-# memory, for each of up to 1024 input shapes, and every padded batch width is a new shape); +269
-# with both, as set here. Padding batch widths to multiples of 16 in the engine took it to +229,
-# +128 with the cap (and flat): the engine now pads to 16 widths (batching.bucket_width).
+# The engine bounds torch's per-shape caches itself (shared.predict.engine.runtime.bound_shape_caches);
+# what is left here is glibc's: its mmap threshold and the heap trimmed after each chunk.
 # NER_WORKER_MAX_MEMORY_MB replaces a child that still grows.
-ONEDNN_CACHE_ENV = "ONEDNN_PRIMITIVE_CACHE_CAPACITY"
-ONEDNN_CACHE_CAPACITY = "8"
-
-
-def bound_shape_caches() -> None:
-    """Cap oneDNN's primitive cache before the first forward pass (an operator's value is kept)."""
-    os.environ.setdefault(ONEDNN_CACHE_ENV, ONEDNN_CACHE_CAPACITY)
-
 
 # glibc raises its mmap threshold each time a large block is freed (up to 32 MB); from then on the
 # engine's tensors of several MB come from the heap, and RSS swings with each chunk (one pool child:
@@ -233,8 +220,6 @@ def init_process(index: int | None = None) -> None:
     """After fork: fresh database connections, a GPU of its own, the model, the supervisor."""
     from shared.predict.engine.runtime import pick_process_gpu  # torch: in the pool process only
 
-    bound_shape_caches()
-    fix_mmap_threshold()
     reset_engine()  # connections inherited from the parent must not be shared
     pick_process_gpu(index)
     runtime().preload()

@@ -18,7 +18,13 @@ from shared.predict import casing
 from shared.predict.engine import words
 from shared.predict.engine.batching import WIDTH_BUCKET, bucket_width, group_by_length
 from shared.predict.engine.errors import ModelLoadError
-from shared.predict.engine.runtime import configure_cpu_threads, pick_device, prepare_model, resolve_precision
+from shared.predict.engine.runtime import (
+    bound_shape_caches,
+    configure_cpu_threads,
+    pick_device,
+    prepare_model,
+    resolve_precision,
+)
 from shared.predict.engine.spans import decode_entities
 from shared.predict.engine.windows import plan_windows
 from shared.predict.schemas import Entity
@@ -97,7 +103,10 @@ class NerEngine:
         self.source = source
         self.options = options
         self.device = pick_device(options.device)
-        self.threads = configure_cpu_threads(options.num_threads) if self.device.type == "cpu" else None
+        self.threads: int | None = None
+        if self.device.type == "cpu":
+            bound_shape_caches()  # before this process's first forward pass
+            self.threads = configure_cpu_threads(options.num_threads)
         self.model, self.precision = prepare_model(
             model, self.device, resolve_precision(options.requested_precision, self.device)
         )
