@@ -25,9 +25,10 @@ pytestmark = [
 ]
 
 _GROWTH_OVER_NEW_SHAPES = """
-import ctypes, random, sys
+import random, sys
 import psutil
 from shared.predict.engine import EngineOptions, NerEngine
+from worker.runtime import trim_heap
 
 engine = NerEngine.load(sys.argv[1], EngineOptions(precision="bf16", num_threads=2))
 shapes = [(texts, words) for texts in range(1, 21) for words in range(4, 124, 10)]  # 240 shapes
@@ -36,7 +37,7 @@ random.Random(0).shuffle(shapes)
 def run(part):
     for texts, words in part:  # same-length texts: one forward pass of that batch shape
         engine.predict([" ".join(["Paris"] * words)] * texts)
-    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    trim_heap()
     return psutil.Process().memory_info().rss / 2**20
 
 before = run(shapes[:40])
