@@ -345,7 +345,13 @@ def start_reference(model: Path, omp_wait_policy: str | None) -> Server:
 
 
 def start_gateway(
-    model: Path, state: Path, precision: str, extra: dict[str, str] | None = None, *, auth: bool = False
+    model: Path,
+    state: Path,
+    precision: str,
+    extra: dict[str, str] | None = None,
+    *,
+    auth: bool = False,
+    label: str = "",
 ) -> Server:
     """``ner serve`` at ``precision``; with ``auth``, keys on and one key that every client sends: the
     request path with its key check and bucket charge (no practical rate limit, and a per-key cap
@@ -377,7 +383,7 @@ def start_gateway(
         )
         api_key = created.stdout.strip()
     argv = [*cli, "serve", "--port", "{port}"]
-    name = f"gateway-{precision}" + ("-auth" if auth else "")
+    name = f"gateway-{precision}" + (f"-{label}" if label else "") + ("-auth" if auth else "")
     return Server(name, argv, env, "/readyz", api_key=api_key)
 
 
@@ -399,15 +405,19 @@ def run_load(
 # --- report ----------------------------------------------------------------------------------
 
 
-# The previous run's figures (2026-11-26, before issue 18: fp32 and int8 only), shown next to this run's.
+# The previous run's figures (2026-11-30 03:28 UTC, before packed passes: an AMD EPYC with AVX-512,
+# faster than the AVX2-only cores of later runs; its F1 is of the model shipped before), shown next
+# to this run's. Within one run, ``fp32 padded`` is the before and after on the same cores.
 PREVIOUS = {
-    "date": "2026-11-26",
-    "engine": {"fp32": 351, "int8": 790},
-    "f1": {"fp32": 0.8139, "int8": 0.8022},
-    "reference": {1: (73.3, 13, 22), 32: (54.2, 569, 931)},
-    "gateway fp32": {1: (70.8, 13, 22), 32: (170.7, 188, 473)},
-    "gateway int8": {1: (93.8, 10, 16), 32: (280.6, 115, 187)},
-    "ceiling_share_fp32": 0.67,
+    "date": "2026-11-30 03:28 UTC, AMD EPYC with AVX-512",
+    "engine": {"fp32": 306, "bf16": 494, "int8": 536},
+    "documents": {"fp32": (15.46, 4001), "bf16": (26.06, 6744), "int8": (25.87, 6696)},
+    "f1": {"fp32": 0.8698, "bf16": 0.8705, "int8": 0.8700},
+    "reference": {1: (76.6, 12, 23), 32: (54.3, 565, 889)},
+    "gateway fp32": {1: (73.4, 13, 22), 32: (163.2, 201, 279)},
+    "gateway bf16": {1: (78.4, 12, 18), 32: (243.2, 134, 201)},
+    "gateway int8": {1: (86.7, 11, 18), 32: (262.4, 124, 180)},
+    "ceiling_share_fp32": 0.59,
 }
 
 
@@ -450,6 +460,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=15.0, help="measured seconds per load level")
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--omp-passive", action="store_true", help="also the reference with OMP passive")
+    parser.add_argument(
+        "--no-padded",
+        action="store_true",
+        help="skip the fp32 engine and gateway with padded passes (NER_ENGINE_PACKING=false), the before",
+    )
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
     parser.add_argument(
         "--auth",
@@ -487,22 +502,27 @@ def main(argv: list[str] | None = None) -> int:
         engines: dict[str, dict[str, float]] = {}
         tokens = flops = 0.0
         threads = 1
-        for precision in precisions:
-            print(f"raw engine {precision} ...", flush=True)
-            engine = NerEngine.load(model_dir, EngineOptions(device="cpu", precision=precision))
+        variants = [(precision, precision, True) for precision in precisions]
+        if not args.no_padded:
+            variants.append(("fp32 padded", "fp32", False))
+        for name, precision, packing in variants:
+            print(f"raw engine {name} ...", flush=True)
+            engine = NerEngine.load(
+                model_dir, EngineOptions(device="cpu", precision=precision, packing=packing)
+            )
             threads = engine.threads or 1
             if not tokens:
                 tokens = statistics.mean(len(engine.tokenizer(t)["input_ids"]) for t in engine_texts)
                 flops = flops_per_sentence(engine.model.config, tokens)
             doc_rate = engine_rate(engine, documents)
             doc_tokens = sum(len(engine.tokenizer(t)["input_ids"]) for t in documents)
-            engines[precision] = {
+            engines[name] = {
                 "sentences_per_s": engine_rate(engine, engine_texts),
                 "documents_per_s": doc_rate,
                 "tokens_per_s": doc_rate * doc_tokens / len(documents),
                 "f1": conll_f1(engine, f1_test),
             }
-            print(f"  {engines[precision]}", flush=True)
+            print(f"  {engines[name]}", flush=True)
             del engine
         peak, peak_how = fp32_peak_gflops(threads)
         matmul, matmul_bf16 = measured_matmul_gflops(), measured_matmul_bf16_gflops()
@@ -526,6 +546,19 @@ def main(argv: list[str] | None = None) -> int:
                         lambda p=precision: start_gateway(model_dir, Path(state) / f"{p}-auth", p, auth=True),
                     )
                 )
+        if not args.no_padded:
+            servers.append(
+                (
+                    "gateway fp32 padded",
+                    lambda: start_gateway(
+                        model_dir,
+                        Path(state) / "fp32-padded",
+                        "fp32",
+                        {"NER_ENGINE_PACKING": "false"},
+                        label="padded",
+                    ),
+                )
+            )
         for name, start in servers:
             server = start()
             try:
@@ -621,8 +654,11 @@ def render(
     cmax = max(peak, matmul)
     lines += [
         "",
-        "### Raw engine (one `predict` call: length-grouped passes of up to 32), F1, whole documents",
+        "### Raw engine (one `predict` call: passes of up to 32 windows in length order), F1, documents",
         "",
+        "Passes are packed (the Linear layers see real tokens only, `shared/predict/engine/packed.py`); "
+        "`fp32 padded` is the engine with `NER_ENGINE_PACKING=false`, transformers' padded forward, a new "
+        "pass wherever padding would pass a quarter of it (as before packing). "
         f"Sentences: the first {n_engine:,} eng.testb sentences per call, best of two calls. Documents: the "
         f"first {n_documents} eng.testb documents (one text each, sentences joined by newlines), best of "
         f"two calls; tokens/s counts sub-tokens with [CLS]/[SEP]. F1: entity-level (seqeval) on the first "
@@ -650,27 +686,31 @@ def render(
         "higher of the first two; bf16 and int8 shares are of the same fp32 ceiling (fp32-equivalent "
         "FLOPs), so they can pass 100%.",
         "",
-        f"### Next to the previous run ({PREVIOUS['date']}, before issue 18)",
+        f"### Next to the previous run ({PREVIOUS['date']})",
+        "",
+        "Another machine: read the ratios (and `fp32 padded` in this run) rather than the absolute figures.",
         "",
         "| figure | previous | this run |",
         "| --- | ---: | ---: |",
     ]
-    for precision in ("fp32", "int8"):
-        if precision in engines:
-            lines.append(
+    for precision in ("fp32", "bf16", "int8"):
+        if precision in engines and precision in PREVIOUS["engine"]:
+            e = engines[precision]
+            docs, doc_tokens = PREVIOUS["documents"][precision]
+            lines += [
                 f"| raw engine {precision}, sentences/s | {PREVIOUS['engine'][precision]} | "
-                f"{engines[precision]['sentences_per_s']:.0f} |"
-            )
-            lines.append(
-                f"| F1 {precision} (sentences) | {PREVIOUS['f1'][precision]:.4f} (another model) | "
-                f"{engines[precision]['f1']:.4f} |"
-            )
+                f"{e['sentences_per_s']:.0f} |",
+                f"| raw engine {precision}, documents/s, tokens/s | {docs:.2f}, {doc_tokens} | "
+                f"{e['documents_per_s']:.2f}, {e['tokens_per_s']:.0f} |",
+                f"| F1 {precision} (sentences) | {PREVIOUS['f1'][precision]:.4f} (the model before) | "
+                f"{e['f1']:.4f} |",
+            ]
     if fp32:
         share = fp32["sentences_per_s"] * flops / 1e9 / cmax
         lines.append(
             f"| raw engine fp32, share of the ceiling | {PREVIOUS['ceiling_share_fp32']:.0%} | {share:.0%} |"
         )
-    for name in ("reference", "gateway fp32", "gateway int8"):
+    for name in ("reference", "gateway fp32", "gateway bf16", "gateway int8"):
         if name in loads:
             for clients in (one, top):
                 if clients in PREVIOUS[name] and clients in loads[name]:

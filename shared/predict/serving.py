@@ -75,6 +75,7 @@ class ServedModel:
             "ref": self.ref,
             "device": str(self.engine.device),
             "precision": self.engine.precision,
+            "packed": self.engine.packed,
         }
 
 

@@ -18,6 +18,7 @@ from shared.predict import casing
 from shared.predict.engine import words
 from shared.predict.engine.batching import WIDTH_BUCKET, bucket_width, group_by_length
 from shared.predict.engine.errors import ModelLoadError
+from shared.predict.engine.packed import packable, packed_logits
 from shared.predict.engine.runtime import (
     bound_shape_caches,
     configure_cpu_threads,
@@ -53,6 +54,8 @@ class EngineOptions:
     # Batch widths rounded up to a bounded set of widths, steps of this at the shortest
     # (batching.bucket_width), so shape caches stop growing (issue 21); 1: to the longest window.
     width_bucket: int = WIDTH_BUCKET
+    # Unpadded passes (packed.py) for the encoders that have them; False: transformers' padded forward.
+    packing: bool = True
 
     @classmethod
     def from_settings(cls, settings: Settings) -> EngineOptions:
@@ -64,6 +67,7 @@ class EngineOptions:
             batch_size=settings.engine_batch_size,
             max_window_tokens=settings.max_window_tokens,
             stride_tokens=settings.window_stride_tokens,
+            packing=settings.engine_packing,
         )
 
     @property
@@ -110,6 +114,7 @@ class NerEngine:
         self.model, self.precision = prepare_model(
             model, self.device, resolve_precision(options.requested_precision, self.device)
         )
+        self.packed = options.packing and packable(self.model)
         self.tokenizer = tokenizer
         self.id2label = {int(k): v for k, v in model.config.id2label.items()}
         self.case_feature = casing.uses_case_feature(model.config)
@@ -143,7 +148,13 @@ class NerEngine:
         except Exception as exc:  # a bad folder fails in many ways (config, weights, tokenizer files)
             raise ModelLoadError(f"cannot load a token-classification model from {source!r}: {exc}") from exc
         engine = cls(model, tokenizer, source=source, options=options)
-        log.info("loaded %s on %s (%s)", source, engine.device, engine.precision)
+        log.info(
+            "loaded %s on %s (%s%s)",
+            source,
+            engine.device,
+            engine.precision,
+            ", packed" if engine.packed else "",
+        )
         return engine
 
     @property
@@ -191,15 +202,19 @@ class NerEngine:
         return encoded
 
     def _forward(self, windows: list[_Slice]) -> list[np.ndarray]:
-        """Label probabilities per window (content tokens only); similar lengths share a padded batch."""
+        """Label probabilities per window (content tokens only), ``batch_size`` windows a pass.
+
+        Packed passes (packed.py) take windows in length order, as many as fit; padded ones also
+        start a new pass where padding the shorter windows would waste more than a quarter of it.
+        """
         out: list[np.ndarray] = [np.empty((0, len(self.id2label)), dtype=np.float32)] * len(windows)
         prefix, suffix = self._prefix, self._suffix
-        for chunk in group_by_length([len(w.ids) for w in windows], self.options.batch_size):
-            width = bucket_width(
-                len(prefix) + len(windows[chunk[-1]].ids) + len(suffix),
-                self.options.width_bucket,
-                self._max_width,
-            )
+        max_padding = 1.0 if self.packed else 0.25  # 1.0: padding never splits a pass
+        for chunk in group_by_length([len(w.ids) for w in windows], self.options.batch_size, max_padding):
+            lengths = [len(prefix) + len(windows[index].ids) + len(suffix) for index in chunk]
+            width = lengths[-1]  # the longest: the chunk is in length order
+            if not self.packed:  # packed passes pad only the embeddings, where shapes cost nothing
+                width = bucket_width(width, self.options.width_bucket, self._max_width)
             input_ids = torch.full((len(chunk), width), self._pad_id, dtype=torch.long)
             attention = torch.zeros((len(chunk), width), dtype=torch.long)
             # Special tokens and padding have no characters: case class 0, as in training.
@@ -215,12 +230,25 @@ class NerEngine:
             inputs = {"input_ids": input_ids, "attention_mask": attention}
             if self.case_feature:
                 inputs["token_type_ids"] = type_ids
+            inputs = {name: tensor.to(self.device) for name, tensor in inputs.items()}
             with torch.inference_mode():
-                logits = self.model(**{k: v.to(self.device) for k, v in inputs.items()}).logits
+                if self.packed:
+                    logits = packed_logits(
+                        self.model,
+                        inputs["input_ids"],
+                        inputs["attention_mask"],
+                        inputs.get("token_type_ids"),
+                        lengths,
+                    )
+                else:
+                    logits = self.model(**inputs).logits
                 probs = torch.softmax(logits.float(), dim=-1).cpu().numpy()
             self.forward_passes += 1
+            first = 0  # packed: the chunk's rows one after another; padded: one row per window
             for row, index in enumerate(chunk):
-                out[index] = probs[row, len(prefix) : len(prefix) + len(windows[index].ids)]
+                rows = probs[first : first + lengths[row]] if self.packed else probs[row]
+                out[index] = rows[len(prefix) : len(prefix) + len(windows[index].ids)]
+                first += lengths[row]
         return out
 
 
