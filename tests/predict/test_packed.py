@@ -109,16 +109,14 @@ def test_the_engine_answers_a_mixed_micro_batch_in_one_pass_with_the_padded_engi
         assert [e.score for e in mine] == pytest.approx([e.score for e in theirs], abs=1e-4)
 
 
-def test_int8_runs_packed_on_its_quantized_layers(tiny_model_dir: Path) -> None:
+def test_int8_keeps_the_padded_forward(tiny_model_dir: Path) -> None:
+    # One activation scale per Linear input: a packed pass puts more tokens under it (engine.py).
     int8 = NerEngine.load(tiny_model_dir, EngineOptions(precision="int8"))
-    fp32_padded = NerEngine.load(tiny_model_dir, EngineOptions(packing=False))
-    assert int8.packed and int8.precision == "int8"
-    texts = _conll_texts(200)
-    got, want = int8.predict(texts), fp32_padded.predict(texts)
-    found = [(i, e.entity_group, e.start, e.end) for i, entities in enumerate(got) for e in entities]
-    expected = [(i, e.entity_group, e.start, e.end) for i, entities in enumerate(want) for e in entities]
-    # int8 rounds (activations are scaled per pass), so a few entities may move; most must not.
-    assert len(set(found) & set(expected)) >= 0.9 * len(expected) > 50
+    assert int8.precision == "int8" and not int8.packed
+    assert packable(int8.model)  # the quantized layers would run packed: the engine chooses not to
+    assert int8.predict(_conll_texts(20)) == NerEngine.load(
+        tiny_model_dir, EngineOptions(precision="int8", packing=False)
+    ).predict(_conll_texts(20))
 
 
 def test_other_architectures_keep_the_padded_forward() -> None:

@@ -50,7 +50,9 @@ _LAYER_PARTS = (
 def packable(model: torch.nn.Module) -> bool:
     """Whether ``packed_logits`` computes exactly what this model's own forward does."""
     config = model.config
-    if config.model_type not in PACKABLE_MODEL_TYPES or config.is_decoder or config.add_cross_attention:
+    if config.model_type not in PACKABLE_MODEL_TYPES:
+        return False
+    if getattr(config, "is_decoder", False) or getattr(config, "add_cross_attention", False):
         return False
     if getattr(config, "position_embedding_type", "absolute") not in (None, "absolute"):
         return False  # relative position scores are added inside attention, which this does not do
