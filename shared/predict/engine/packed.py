@@ -78,7 +78,7 @@ class _Group:
     sequences: int
     width: int
     rows: slice | torch.Tensor  # the group's packed rows: a slice where they are one run
-    # Each block slot's packed row: a padding slot repeats the group's first row (its key is masked,
+    # Each block slot's packed row: a padding slot repeats its sequence's first row (its key is masked,
     # its query dropped), so the block is one gather, no zero fill. None: no padding, rows are the block.
     sources: torch.Tensor | None
     slots: torch.Tensor | None  # the block slots of the real tokens, in row order
