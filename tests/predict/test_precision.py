@@ -208,12 +208,13 @@ def bf16_app(service_env: dict[str, str], tiny_model_dir: Path) -> Iterator[Test
             reset_engine()
 
 
-def test_readyz_models_and_metrics_report_the_precision(bf16_app: TestClient) -> None:
+def test_readyz_models_and_metrics_report_the_precision_and_packing(bf16_app: TestClient) -> None:
     ready = bf16_app.get("/readyz").json()  # auth off: everyone is admin
     assert ready["model"]["precision"] == "bf16" and ready["model"]["device"] == "cpu"
+    assert ready["model"]["packed"] is True  # packed forward passes (NER_ENGINE_PACKING, on by default)
     metrics = bf16_app.get("/metrics").text
     info = [line for line in metrics.splitlines() if line.startswith("ner_model_info{")]
-    assert len(info) == 1 and 'precision="bf16"' in info[0], info
+    assert len(info) == 1 and 'precision="bf16"' in info[0] and 'packed="True"' in info[0], info
     answer = bf16_app.post("/predict/", json={"text": GOOGLE})
     assert answer.status_code == 200, answer.text
     assert {e["word"] for e in answer.json()["entities"]} >= {"Larry Page", "California"}
