@@ -30,21 +30,9 @@ def _conll_texts(count: int) -> list[str]:
 
 def _padded_inputs(engine: NerEngine, texts: list[str]) -> tuple[dict[str, torch.Tensor], list[int]]:
     """Each text as one window with its special tokens, padded to the longest, in the given order."""
-    encoded = engine._encode(texts)
-    rows = [engine._prefix + e.ids + engine._suffix for e in encoded]
-    lengths = [len(row) for row in rows]
-    input_ids = torch.full((len(rows), max(lengths)), engine._pad_id, dtype=torch.long)
-    attention = torch.zeros_like(input_ids)
-    type_ids = torch.zeros_like(input_ids)
-    for n, (row, enc) in enumerate(zip(rows, encoded, strict=True)):
-        input_ids[n, : len(row)] = torch.tensor(row)
-        attention[n, : len(row)] = 1
-        if enc.type_ids is not None:
-            type_ids[n, len(engine._prefix) : len(engine._prefix) + len(enc.ids)] = torch.tensor(enc.type_ids)
-    inputs = {"input_ids": input_ids, "attention_mask": attention}
-    if engine.case_feature:
-        inputs["token_type_ids"] = type_ids
-    return inputs, lengths
+    windows = [encoded.window(0, len(encoded.ids)) for encoded in engine._encode(texts)]
+    lengths = [len(engine._prefix) + len(window.ids) + len(engine._suffix) for window in windows]
+    return engine._padded_inputs(windows, max(lengths)), lengths
 
 
 def _assert_same_logits(engine: NerEngine, texts: list[str]) -> None:

@@ -205,6 +205,24 @@ class NerEngine:
             encoded.append(_Encoded(batch["input_ids"][i], spans, first, type_ids))
         return encoded
 
+    def _padded_inputs(self, windows: Sequence[_Slice], width: int) -> dict[str, torch.Tensor]:
+        """The model's inputs for ``windows`` with their special tokens, each row padded to ``width``."""
+        prefix, suffix = self._prefix, self._suffix
+        input_ids = torch.full((len(windows), width), self._pad_id, dtype=torch.long)
+        attention = torch.zeros((len(windows), width), dtype=torch.long)
+        # Special tokens and padding have no characters: case class 0, as in training.
+        type_ids = torch.zeros((len(windows), width), dtype=torch.long)
+        for row, window in enumerate(windows):
+            ids = prefix + window.ids + suffix
+            input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+            attention[row, : len(ids)] = 1
+            if window.type_ids is not None:
+                type_ids[row, len(prefix) : len(prefix) + len(window.ids)] = torch.tensor(window.type_ids)
+        inputs = {"input_ids": input_ids, "attention_mask": attention}
+        if self.case_feature:
+            inputs["token_type_ids"] = type_ids
+        return {name: tensor.to(self.device) for name, tensor in inputs.items()}
+
     def _forward(self, windows: list[_Slice]) -> list[np.ndarray]:
         """Label probabilities per window (content tokens only), ``batch_size`` windows a pass.
 
@@ -219,22 +237,7 @@ class NerEngine:
             width = lengths[-1]  # the longest: the chunk is in length order
             if not self.packed:  # packed, only the embeddings see the width: the rest sees tokens x hidden
                 width = bucket_width(width, self.options.width_bucket, self._max_width)
-            input_ids = torch.full((len(chunk), width), self._pad_id, dtype=torch.long)
-            attention = torch.zeros((len(chunk), width), dtype=torch.long)
-            # Special tokens and padding have no characters: case class 0, as in training.
-            type_ids = torch.zeros((len(chunk), width), dtype=torch.long)
-            for row, index in enumerate(chunk):
-                window = windows[index]
-                ids = prefix + window.ids + suffix
-                input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-                attention[row, : len(ids)] = 1
-                if window.type_ids is not None:
-                    start = len(prefix)
-                    type_ids[row, start : start + len(window.ids)] = torch.tensor(window.type_ids)
-            inputs = {"input_ids": input_ids, "attention_mask": attention}
-            if self.case_feature:
-                inputs["token_type_ids"] = type_ids
-            inputs = {name: tensor.to(self.device) for name, tensor in inputs.items()}
+            inputs = self._padded_inputs([windows[index] for index in chunk], width)
             with torch.inference_mode():
                 if self.packed:
                     logits = packed_logits(
