@@ -92,13 +92,14 @@ def _plan_groups(lengths: list[int], device: torch.device) -> list[_Group]:
     groups = []
     for members in group_by_length(lengths, len(lengths), ATTENTION_MAX_PADDING):
         width = max(lengths[i] for i in members)
-        if members == list(range(members[0], members[-1] + 1)):  # in packing order: sorted lengths
+        one_run = members == list(range(members[0], members[-1] + 1))  # in packing order: sorted lengths
+        if one_run:
             rows: slice | torch.Tensor = slice(starts[members[0]], starts[members[-1] + 1])
+            if all(lengths[i] == width for i in members):
+                groups.append(_Group(len(members), width, rows, None, None, None))
+                continue
         else:
             rows = torch.cat([torch.arange(starts[i], starts[i + 1]) for i in members]).to(device)
-        if all(lengths[i] == width for i in members) and isinstance(rows, slice):
-            groups.append(_Group(len(members), width, rows, None, None, None))
-            continue
         sources = torch.tensor(
             [starts[i] + (t if t < lengths[i] else 0) for i in members for t in range(width)]
         )
