@@ -78,8 +78,8 @@ class Settings(BaseSettings):
     quantize: Literal["none", "int8"] = "none"  # older name: int8 here means NER_PRECISION=int8
     num_threads: int | None = Field(default=None, ge=1)
     engine_batch_size: int = Field(default=32, ge=1)  # windows per forward pass
-    # Forward passes over real tokens only (shared/predict/engine/packed.py: BERT, RoBERTa, XLM-R);
-    # false: transformers' padded forward, e.g. to compare the two.
+    # Forward passes over real tokens only (shared/predict/engine/packed.py: BERT, RoBERTa, XLM-R;
+    # int8 stays padded); false: transformers' padded forward, e.g. to compare the two.
     engine_packing: bool = True
     max_window_tokens: int = Field(default=256, ge=16, le=512)
     window_stride_tokens: int = Field(default=64, ge=0)

@@ -164,8 +164,9 @@ def quantize_int8(
 
 
 # torch keeps a compiled kernel, with its scratch memory, for every input shape it meets, in two caches
-# of 1024 entries each: oneDNN's primitive cache and ideep's (the bf16 Linear layers on CPU). A batch
-# is (texts x padded width), so a long-running process meets hundreds of shapes, and its RSS climbs
+# of 1024 entries each: oneDNN's primitive cache and ideep's (the bf16 Linear layers on CPU). A padded
+# batch is (texts x width), a packed one (tokens x hidden) for any token count (packed.py), so a
+# long-running process meets hundreds of shapes, and its RSS climbs
 # for hours before it levels off: a pool child rose 528 -> 601 MB over 10 bulk jobs of a soak, ~6 MB a
 # job, while the same 2,000 texts run again and again stayed flat. 240 new shapes of a bf16 encoder
 # grew RSS by 194 MB with both caches as torch sets them, 108 / 88 MB with one of them at 8, 0.7 MB
