@@ -553,7 +553,6 @@ def main(argv: list[str] | None = None) -> int:
                 "f1": conll_f1(engine, f1_test),
             }
             print(f"  {name}: {engines[name]}", flush=True)
-        del engine
         peak, peak_how = fp32_peak_gflops(threads)
         matmul, matmul_bf16 = measured_matmul_gflops(), measured_matmul_bf16_gflops()
 
