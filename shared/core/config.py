@@ -79,7 +79,8 @@ class Settings(BaseSettings):
     num_threads: int | None = Field(default=None, ge=1)
     engine_batch_size: int = Field(default=32, ge=1)  # windows per forward pass
     # Forward passes over real tokens only (shared/predict/engine/packed.py: BERT, RoBERTa, XLM-R;
-    # int8 stays padded); false: transformers' padded forward, e.g. to compare the two.
+    # int8 only with 8-bit activations, i.e. on VNNI CPUs); false: transformers' padded forward,
+    # e.g. to compare the two.
     engine_packing: bool = True
     max_window_tokens: int = Field(default=256, ge=16, le=512)
     window_stride_tokens: int = Field(default=64, ge=0)

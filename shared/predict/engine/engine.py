@@ -22,6 +22,7 @@ from shared.predict.engine.packed import packable, packed_logits
 from shared.predict.engine.runtime import (
     bound_shape_caches,
     configure_cpu_threads,
+    has_full_range_activations,
     pick_device,
     prepare_model,
     resolve_precision,
@@ -54,8 +55,8 @@ class EngineOptions:
     # Batch widths rounded up to a bounded set of widths, steps of this at the shortest
     # (batching.bucket_width), so shape caches stop growing (issue 21); 1: to the longest window.
     width_bucket: int = WIDTH_BUCKET
-    # Unpadded passes (packed.py) for the encoders that have them, int8 excepted; False: transformers'
-    # padded forward.
+    # Unpadded passes (packed.py) for the encoders that have them (int8 only with 8-bit activations);
+    # False: transformers' padded forward.
     packing: bool = True
 
     @classmethod
@@ -115,10 +116,16 @@ class NerEngine:
         self.model, self.precision = prepare_model(
             model, self.device, resolve_precision(options.requested_precision, self.device)
         )
-        # int8 keeps padded passes: its activations share one scale per Linear input, and a packed pass
-        # holds more tokens under that scale (32 windows, however mixed their lengths), which cost
-        # 0.34 F1 points on whole eng.testb documents (0.8843 against 0.8877 padded; fp32 the same).
-        self.packed = options.packing and self.precision != "int8" and packable(self.model)
+        # int8 activations share one scale per Linear input, and a packed pass holds more tokens under
+        # it (32 windows, however mixed their lengths). With 7-bit activations (CPUs without VNNI) that
+        # cost 0.34 F1 points on whole eng.testb documents (0.8843 against 0.8877 padded), so int8 packs
+        # only with 8-bit ones: there packed scored 0.8822 / 0.8875 (sentences / documents) against
+        # padded 0.8821 / 0.8866, fp32 0.8838 / 0.8885 (docs/benchmarks.md#quality).
+        self.packed = (
+            options.packing
+            and packable(self.model)
+            and (self.precision != "int8" or has_full_range_activations(self.model))
+        )
         self.tokenizer = tokenizer
         self.id2label = {int(k): v for k, v in model.config.id2label.items()}
         self.case_feature = casing.uses_case_feature(model.config)

@@ -137,6 +137,11 @@ class FullRangeDynamicLinear(torch.ao.nn.quantized.dynamic.Linear):
         return torch.ops.quantized.linear_dynamic(x, packed, reduce_range=False).to(x.dtype)
 
 
+def has_full_range_activations(model: torch.nn.Module) -> bool:
+    """Whether ``model`` has int8 Linear layers that quantize their activations to 8 bits."""
+    return any(isinstance(module, FullRangeDynamicLinear) for module in model.modules())
+
+
 def quantize_int8(
     model: torch.nn.Module,
     *,
