@@ -227,6 +227,9 @@ def run_variant(
     write_jsonl(upload, documents, len(documents))
     worker = start_worker({**env, "NER_PRECISION": precision, "NER_LOG_LEVEL": "INFO"}, state, timeout=600)
     try:
+        # " ready." is the pool's start; its child loads the model after that (int8: 2.5-3 s here, 15%
+        # of a 10,000-document job), as the raw engine's load is not timed either.
+        wait_until(lambda: "worker model ready" in worker.log(), 600, "the worker's model", worker)
         e2e = end_to_end(
             url,
             upload,

@@ -179,22 +179,26 @@ def runtime() -> WorkerRuntime:
 # NER_WORKER_MAX_MEMORY_MB replaces a child that still grows.
 
 # glibc raises its mmap threshold each time a large block is freed (up to 32 MB); from then on the
-# engine's tensors of several MB come from the heap, and RSS swings with each chunk (one pool child:
-# 588-649 MB over the last 15 minutes of a 30-minute soak). With the threshold fixed at 4 MB they stay
-# mmapped and go back to the kernel when freed. Fixing it also fixes the trim threshold at glibc's
-# 128 KB, and trimming the heap top after every free cost 15-30% of the engine's speed: it is set to
-# 64 MB (the chunk-end malloc_trim still trims all). Measured with /tmp/rss/exp.py (a one-off): 14
-# chunks of 1,000 CoNLL sentences, default model, bf16, 2 threads, two alternating rounds: RSS max over
-# min in the last half 6.9-7.8% against 9.0-9.8% as glibc does it, 16 s against 15-16 s; a 1 MB
-# threshold gave 5.9-8.5% in 18-19 s.
+# engine's largest tensors come from the heap, and RSS swings with each chunk (one pool child:
+# 588-649 MB over the last 15 minutes of a 30-minute soak). With the threshold fixed they stay mmapped
+# and go back to the kernel when freed. Fixing it also fixes the trim threshold at glibc's 128 KB, and
+# trimming the heap top after every free cost 15-30% of the engine's speed: it is set to 64 MB (the
+# chunk-end malloc_trim still trims all). Measured with one-off scripts: 14 chunks of 1,000 CoNLL
+# sentences, default model, bf16, 2 threads: RSS max over min in the last half 6.9-7.8% at 4 MB against
+# 9.0-9.8% as glibc does it, at the same speed; a 1 MB threshold gave 5.9-8.5% in 18-19 s against 16 s.
+# Not 4 MB but 16 MB (issue 18): at 4 MB a pass's activations of 4-16 MB (32 long sentences) are
+# mapped afresh each time, and int8, whose passes are shortest, paid for the page faults: 14 chunks of
+# 1,000 random eng.train sentences ran at 640-642 sentences/s against 714-723 at 16 MB (glibc as it
+# is: 700-704), RSS after each chunk as flat at both (2.5% over the last half); bf16 the same at both
+# (790-830 sentences/s, flat). A 10,000-document int8 job's pool child had 1.1 million minor faults.
 MMAP_THRESHOLD_ENV = "MALLOC_MMAP_THRESHOLD_"  # glibc's own tunable: an operator's value wins
-MMAP_THRESHOLD_BYTES = 4 << 20
+MMAP_THRESHOLD_BYTES = 16 << 20
 TRIM_THRESHOLD_BYTES = 64 << 20
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt's parameter numbers (malloc.h)
 
 
 def fix_mmap_threshold() -> None:
-    """Keep blocks over 4 MB mmapped, returned when freed; a no-op without glibc or when set."""
+    """Keep blocks over 16 MB mmapped, returned when freed; a no-op without glibc or when set."""
     if MMAP_THRESHOLD_ENV in os.environ:
         return
     with contextlib.suppress(OSError, AttributeError):
