@@ -406,10 +406,16 @@ def run_load(
 # --- report ----------------------------------------------------------------------------------
 
 
+# How docs/operations.md sets up a gateway that has its cores to itself: torch's OpenMP threads spin a
+# few microseconds at each barrier before they sleep (the engine's default, OMP_WAIT_POLICY=PASSIVE,
+# sleeps at once: the right choice where a worker shares the cores).
+OWN_CORES_ENV = {"GOMP_SPINCOUNT": "1000"}
+
+
 # Earlier runs' figures, shown next to this run's, oldest first. 03:28 was before packed passes on an
 # AMD EPYC with AVX-512 (and native bf16), 12:51 packed on an AVX2-only EPYC, slower; the F1 of 03:28
-# is of the model shipped before. Within one run, ``fp32 padded`` is the before and after on the same
-# cores.
+# is of the model shipped before; 15:49 the run before int8 packed on VNNI CPUs. Within one run,
+# ``fp32 padded`` is the before and after on the same cores.
 PREVIOUS_RUNS: list[dict] = [
     {
         "date": "2026-11-30 03:28, AVX-512, padded",
@@ -432,6 +438,23 @@ PREVIOUS_RUNS: list[dict] = [
         "gateway int8": {1: (42.5, 23, 46), 32: (96.0, 343, 517)},
         "gateway fp32 padded": {1: (35.2, 27, 44), 32: (92.8, 356, 534)},
         "ceiling_share_fp32": 0.49,
+    },
+    {
+        "date": "2026-11-30 15:49, AVX-512, int8 padded",
+        "engine": {"fp32": 355, "bf16": 491, "int8": 533, "fp32 padded": 299},
+        "documents": {
+            "fp32": (16.56, 4285),
+            "bf16": (30.11, 7792),
+            "int8": (26.36, 6821),
+            "fp32 padded": (16.51, 4274),
+        },
+        "f1": {"fp32": 0.8835, "bf16": 0.8831, "int8": 0.8810, "fp32 padded": 0.8835},
+        "reference": {1: (79.3, 12, 21), 32: (50.9, 613, 997)},
+        "gateway fp32": {1: (75.6, 12, 23), 32: (236.8, 133, 203)},
+        "gateway bf16": {1: (71.9, 14, 21), 32: (341.8, 95, 149)},
+        "gateway int8": {1: (74.0, 13, 22), 32: (256.0, 125, 198)},
+        "gateway fp32 padded": {1: (66.0, 13, 29), 32: (150.4, 219, 338)},
+        "ceiling_share_fp32": 0.69,
     },
 ]
 
@@ -485,6 +508,11 @@ def main(argv: list[str] | None = None) -> int:
         "--no-padded",
         action="store_true",
         help="skip the fp32 engine and gateway with padded passes (NER_ENGINE_PACKING=false), the before",
+    )
+    parser.add_argument(
+        "--no-own-cores",
+        action="store_true",
+        help=f"skip the fp32 gateway set up for cores of its own ({OWN_CORES_ENV})",
     )
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
     parser.add_argument(
@@ -594,6 +622,16 @@ def main(argv: list[str] | None = None) -> int:
                     "fp32 padded",
                 )
             )
+        if not args.no_own_cores and "fp32" in precisions:
+            servers.append(
+                (
+                    "gateway fp32, own cores",
+                    lambda: start_gateway(
+                        model_dir, Path(state) / "fp32-own", "fp32", OWN_CORES_ENV, label="own"
+                    ),
+                    "fp32",
+                )
+            )
         nearby: dict[str, float] = {}  # gateway -> its raw engine's sentences/s around its load
         running: list[tuple[str, Server, str | None]] = []
         try:
@@ -670,7 +708,10 @@ def render(
         f"after another; all servers were up at once and took turns on the same cores over {load_rounds} "
         "rounds, each keeping its round with the most requests/s at the top level, with the load "
         "generator on the same machine. `gateway <precision>` is `ner serve` with `NER_PRECISION` set "
-        "(auth off, as the reference has none).",
+        "(auth off, as the reference has none); `gateway fp32, own cores` the fp32 one set up as for "
+        f"cores of its own (docs/operations.md: {', '.join(f'`{k}={v}`' for k, v in OWN_CORES_ENV.items())}, "
+        "OpenMP threads spin briefly before they sleep; the others sleep at once, as where a worker "
+        "shares the cores).",
         "",
         "### HTTP: gateway vs the reference (`pipeline(...)` per request)",
         "",
@@ -710,8 +751,8 @@ def render(
             f"- {name}: {r.rps / raw:.0%} of the raw engine ({r.rps:.0f} req/s vs {raw:.0f} sentences/s "
             "around it), "
             f"{r.rps / ref[top].rps:.2f}x the reference at {top} clients, p99 {r.percentile(99):.0f} ms; "
-            f"p50 at {one} client {single.percentile(50):.0f} ms vs the reference's "
-            f"{ref[one].percentile(50):.0f} ms"
+            f"p50 at {one} client {single.percentile(50):.1f} ms vs the reference's "
+            f"{ref[one].percentile(50):.1f} ms"
         )
     fp32 = engines.get("fp32", {})
     cmax = max(peak, matmul)
@@ -719,7 +760,8 @@ def render(
         "",
         "### Raw engine (one `predict` call: passes of up to 32 windows in length order), F1, documents",
         "",
-        "Passes are packed (the Linear layers see real tokens only, `shared/predict/engine/packed.py`); "
+        "Passes are packed (the Linear layers see real tokens only, `shared/predict/engine/packed.py`; "
+        "int8 only on CPUs with VNNI, padded elsewhere); "
         "`fp32 padded` is the engine with `NER_ENGINE_PACKING=false`, transformers' padded forward, a new "
         "pass wherever padding would pass a quarter of it (as before packing). "
         f"Sentences: the first {n_engine:,} eng.testb sentences per call. Documents: the "
