@@ -450,7 +450,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_write:
         from bench.report import write_section
 
-        write_section("jobs", markdown, command="make bench-jobs")
+        given = sys.argv[1:] if argv is None else argv
+        command = "python -m bench.jobs " + " ".join(given) if given else "make bench-jobs"
+        write_section("jobs", markdown, command=command)
     return 0
 
 
