@@ -187,10 +187,11 @@ def runtime() -> WorkerRuntime:
 # sentences, default model, bf16, 2 threads: RSS max over min in the last half 6.9-7.8% at 4 MB against
 # 9.0-9.8% as glibc does it, at the same speed; a 1 MB threshold gave 5.9-8.5% in 18-19 s against 16 s.
 # Not 4 MB but 16 MB (issue 18): at 4 MB a pass's activations of 4-16 MB (32 long sentences) are
-# mapped afresh each time, and int8, whose passes are shortest, paid for the page faults: 14 chunks of
-# 1,000 random eng.train sentences ran at 640-642 sentences/s against 714-723 at 16 MB (glibc as it
-# is: 700-704), RSS after each chunk as flat at both (2.5% over the last half); bf16 the same at both
-# (790-830 sentences/s, flat). A 10,000-document int8 job's pool child had 1.1 million minor faults.
+# mapped afresh each time, and int8, whose passes take the least time, paid most for the page
+# faults: 14 chunks of 1,000 random eng.train sentences ran at 640-642 sentences/s against 714-723 at
+# 16 MB (glibc as it is: 700-704), RSS after each chunk as flat at both (2.5% over the last half);
+# bf16 the same at both (790-830 sentences/s, flat). A 10,000-document int8 job's pool child had 1.1
+# million minor faults at 4 MB, 0.35 million at 16.
 MMAP_THRESHOLD_ENV = "MALLOC_MMAP_THRESHOLD_"  # glibc's own tunable: an operator's value wins
 MMAP_THRESHOLD_BYTES = 16 << 20
 TRIM_THRESHOLD_BYTES = 64 << 20
