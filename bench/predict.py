@@ -611,7 +611,6 @@ def main(argv: list[str] | None = None) -> int:
 
         print("HTTP load ...", flush=True)
         loads: dict[str, dict[int, LoadResult]] = {}
-        # (name, how to start it, the raw engine it runs: None for the reference)
         # (name, how to start it, its raw engine's sentences/s now: None for the reference)
         servers: list[tuple[str, Callable[[], Server], Callable[[], float] | None]] = [
             ("reference", lambda: start_reference(model_dir, None), None)

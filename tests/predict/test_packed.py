@@ -109,10 +109,10 @@ def test_int8_packs_only_with_8_bit_activations(tiny_model_dir: Path) -> None:
     # activations (CPUs without VNNI) that cost document F1, with 8-bit ones it did not (engine.py).
     # The shipped model: the tiny one's entities are too close to its thresholds to survive rounding.
     tokenizer = AutoTokenizer.from_pretrained(DEFAULT_MODEL_DIR)
+    model = AutoModelForTokenClassification.from_pretrained(DEFAULT_MODEL_DIR, dtype=torch.float32)
 
     def int8_engine(*, full_range: bool, packing: bool = True) -> NerEngine:
-        model = AutoModelForTokenClassification.from_pretrained(DEFAULT_MODEL_DIR, dtype=torch.float32)
-        quantized = quantize_int8(model, full_range=full_range)
+        quantized = quantize_int8(model, full_range=full_range)  # a quantized copy: model stays fp32
         # Already quantized: the engine's own int8 pass finds no fp32 Linear left to quantize.
         options = EngineOptions(precision="int8", packing=packing)
         return NerEngine(quantized, tokenizer, source="int8", options=options)
