@@ -414,22 +414,11 @@ def run_load(
 OWN_CORES_ENV = {"GOMP_SPINCOUNT": "1000"}
 
 
-# Earlier runs' figures, shown next to this run's, oldest first. 03:28 was before packed passes on an
-# AMD EPYC with AVX-512 (and native bf16), 12:51 packed on an AVX2-only EPYC, slower; the F1 of 03:28
-# is of the model shipped before; 15:49 the run before int8 packed on VNNI CPUs. Within one run,
-# ``fp32 padded`` is the before and after on the same cores.
+# Earlier runs' figures, shown next to this run's, oldest first. 12:51 packed on an AVX2-only EPYC,
+# slower; 15:49 the run before int8 packed on VNNI CPUs (AVX-512); 19:45 on this AVX2 KVM guest before
+# passes ran in lanes and small ones on one thread. Within one run, ``fp32 padded`` is the before and
+# after on the same cores.
 PREVIOUS_RUNS: list[dict] = [
-    {
-        "date": "2026-11-30 03:28, AVX-512, padded",
-        "engine": {"fp32": 306, "bf16": 494, "int8": 536},
-        "documents": {"fp32": (15.46, 4001), "bf16": (26.06, 6744), "int8": (25.87, 6696)},
-        "f1": {"fp32": 0.8698, "bf16": 0.8705, "int8": 0.8700},
-        "reference": {1: (76.6, 12, 23), 32: (54.3, 565, 889)},
-        "gateway fp32": {1: (73.4, 13, 22), 32: (163.2, 201, 279)},
-        "gateway bf16": {1: (78.4, 12, 18), 32: (243.2, 134, 201)},
-        "gateway int8": {1: (86.7, 11, 18), 32: (262.4, 124, 180)},
-        "matmul_share_fp32": 0.59,
-    },
     {
         "date": "2026-11-30 12:51, AVX2 only, packed",
         "engine": {"fp32": 205, "int8": 231, "fp32 padded": 176},
@@ -457,6 +446,18 @@ PREVIOUS_RUNS: list[dict] = [
         "gateway int8": {1: (74.0, 13, 22), 32: (256.0, 125, 198)},
         "gateway fp32 padded": {1: (66.0, 13, 29), 32: (150.4, 219, 338)},
         "matmul_share_fp32": 0.69,
+    },
+    {
+        "date": "2026-11-30 19:45, AVX2 KVM guest, before lanes",
+        "engine": {"fp32": 231, "int8": 243},
+        "documents": {"fp32": (11.40, 2950), "int8": (13.06, 3380)},
+        "f1": {"fp32": 0.8835, "int8": 0.8822},
+        "reference": {1: (60.9, 15, 29), 32: (30.5, 1018, 1638)},
+        "gateway fp32": {1: (46.0, 20, 40), 32: (137.5, 251, 344)},
+        "gateway fp32, own cores": {1: (48.5, 19, 42), 32: (150.4, 221, 296)},
+        "gateway int8": {1: (42.8, 22, 39), 32: (121.6, 258, 413)},
+        "gateway int8, own cores": {1: (45.2, 21, 37), 32: (121.6, 267, 368)},
+        "matmul_share_fp32": 0.64,
     },
 ]
 
@@ -824,8 +825,7 @@ def render(
         "",
         "### Next to earlier runs",
         "",
-        "Other machines: read the ratios (and `fp32 padded` in this run) rather than the absolute figures. "
-        "F1 of the 03:28 run is of the model shipped before.",
+        "Other machines: read the ratios (and `fp32 padded` in this run) rather than the absolute figures.",
         "",
         "| figure | " + " | ".join(run["date"] for run in PREVIOUS_RUNS) + " | this run |",
         "| --- |" + " ---: |" * (len(PREVIOUS_RUNS) + 1),

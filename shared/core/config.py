@@ -82,6 +82,12 @@ class Settings(BaseSettings):
     # int8 only with 8-bit activations, i.e. on VNNI CPUs); false: transformers' padded forward,
     # e.g. to compare the two.
     engine_packing: bool = True
+    # CPU only: forward passes run at once, each on its share of the cores (engine/lanes.py); unset:
+    # up to one per core; 1: one pass at a time on every core.
+    engine_lanes: int | None = Field(default=None, ge=1)
+    # A CPU pass gets one core per this many tokens, up to its lane's share: waking a second thread at
+    # each step costs a small pass more than the core gives it (engine/runtime.py).
+    engine_tokens_per_thread: int = Field(default=128, ge=1)
     max_window_tokens: int = Field(default=256, ge=16, le=512)
     window_stride_tokens: int = Field(default=64, ge=0)
     model_poll_seconds: float = Field(default=2.0, gt=0)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import re
+import threading
+import time
 import unicodedata
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +19,8 @@ from transformers import AutoModelForTokenClassification, AutoTokenizer, pipelin
 from shared.core.config import get_settings
 from shared.predict import casing
 from shared.predict.engine import EngineOptions, ModelLoadError, NerEngine, words
-from shared.predict.engine.batching import group_by_length
+from shared.predict.engine.batching import group_by_length, split_for_lanes
+from shared.predict.engine.lanes import run_in_lanes
 from shared.predict.engine.runtime import cpu_threads, pick_device
 from shared.predict.engine.spans import decode_entities
 from shared.predict.engine.windows import plan_windows
@@ -252,6 +256,81 @@ def test_cpu_threads_follow_the_cores_this_process_may_use() -> None:
     assert cpu_threads(3) == 3
 
 
+def _record_passes(engine: NerEngine) -> tuple[list[tuple[int, int, str]], Callable[[], None]]:
+    """(tokens the classifier saw, intra-op threads, thread name) of each packed pass from now on."""
+    passes: list[tuple[int, int, str]] = []
+    hook = engine.model.classifier.register_forward_hook(
+        lambda module, args, output: passes.append(
+            (args[0].shape[0], torch.get_num_threads(), threading.current_thread().name)
+        )
+    )
+    return passes, hook.remove
+
+
+def test_a_pass_gets_a_thread_per_128_tokens_and_the_caller_keeps_its_count(tiny_model_dir: Path) -> None:
+    threads_before = torch.get_num_threads()
+    engine = NerEngine.load(tiny_model_dir, EngineOptions(num_threads=2, batch_size=8, lanes=1))
+    assert engine.packed  # a packed pass's classifier sees (tokens x hidden)
+    passes, stop = _record_passes(engine)
+    try:
+        alone = engine.predict([GOOGLE])
+        together = engine.predict([GOOGLE] * 8)
+        long = engine.predict([" ".join([GOOGLE] * 20)])  # 300 tokens: two windows, one pass
+        assert torch.get_num_threads() == 2
+    finally:
+        stop()
+        torch.set_num_threads(threads_before)
+    assert [threads for _, threads, _ in passes] == [1, 1, 2]
+    assert passes[1][0] < 128 <= 256 <= passes[2][0]
+    assert all(_spans(entities) == _spans(alone[0]) for entities in together)
+    for entities in together:
+        assert [e.score for e in entities] == pytest.approx([e.score for e in alone[0]], abs=1e-5)
+    assert len(long[0]) >= 20
+
+
+def test_a_call_runs_its_passes_in_lanes_one_thread_each_with_the_same_answers(
+    tiny_model_dir: Path,
+) -> None:
+    threads_before = torch.get_num_threads()
+    texts = [" ".join(s.tokens) for s in read_conll(get_settings().conll_dir / "eng.testb", limit=120)]
+    one_lane = NerEngine.load(tiny_model_dir, EngineOptions(num_threads=2, lanes=1))
+    two_lanes = NerEngine(
+        one_lane.model, one_lane.tokenizer, source="lanes", options=EngineOptions(num_threads=2)
+    )
+    want = one_lane.predict(texts)
+    passes, stop = _record_passes(two_lanes)  # the two engines share the model
+    try:
+        got = two_lanes.predict(texts)
+        micro_batch = len(passes), two_lanes.predict(texts[:16])
+    finally:
+        stop()
+        torch.set_num_threads(threads_before)
+    assert {threads for _, threads, _ in passes} == {1}  # 2 threads: two lanes of one
+    assert len({name for _, _, name in passes}) == 2  # the caller and a lane thread
+    first_call, _ = micro_batch
+    assert len(passes) - first_call == 2  # 16 sentences: one pass a lane
+    assert sum(len(entities) for entities in want) > 50
+    for mine, theirs in zip(got, want, strict=True):
+        assert _spans(mine) == _spans(theirs)
+        assert [e.score for e in mine] == pytest.approx([e.score for e in theirs], abs=1e-5)
+
+
+def test_an_error_in_one_lane_reaches_the_caller_and_stops_the_others() -> None:
+    ran: list[int] = []
+
+    def run(item: int) -> int:
+        if item == 3:
+            raise ValueError("pass 3 failed")
+        time.sleep(0.01)
+        ran.append(item)
+        return item * 2
+
+    assert run_in_lanes(lambda item: item * 2, list(range(10)), 3) == [item * 2 for item in range(10)]
+    with pytest.raises(ValueError, match="pass 3 failed"):
+        run_in_lanes(run, list(range(100)), 2)
+    assert len(ran) < 10  # the lanes stopped taking passes
+
+
 def test_a_folder_without_a_model_is_a_clear_load_error(tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError, match=str(tmp_path)):
         NerEngine.load(tmp_path)
@@ -287,6 +366,19 @@ def test_models_trained_with_the_case_feature_get_case_type_ids(tiny_model_dir: 
     expected = decode_entities(GOOGLE, spans, first, cased.numpy()[1:-1], engine.id2label)
     assert _spans(entities) == _spans(expected)
     assert [e.score for e in entities] == pytest.approx([e.score for e in expected], abs=1e-4)
+
+
+def test_passes_are_cut_into_a_multiple_of_the_lanes_with_even_tokens() -> None:
+    lengths = [5, 6, 8, 10, 12, 20, 30, 41]  # one micro-batch, in length order
+    short, long_ = split_for_lanes([list(range(8))], lengths, 2)
+    assert short + long_ == list(range(8))  # length order kept, nothing lost
+    best = min(abs(sum(lengths[:cut]) - sum(lengths[cut:])) for cut in range(1, 8))
+    assert abs(sum(lengths[i] for i in short) - sum(lengths[i] for i in long_)) == best
+    five = [[0, 1], [2, 3], [4], [5], [6, 7]]
+    six = split_for_lanes(five, lengths, 2)
+    assert len(six) == 6 and [6] in six and [7] in six  # the heaviest pass was cut
+    assert split_for_lanes(five, lengths, 1) == five
+    assert split_for_lanes([[0], [1], [2]], lengths, 2) == [[0], [1], [2]]  # nothing left to cut
 
 
 def test_forward_groups_bound_padding_and_size() -> None:

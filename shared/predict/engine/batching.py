@@ -30,6 +30,26 @@ def group_by_length(lengths: Sequence[int], max_batch: int, max_padding: float =
     return groups
 
 
+def split_for_lanes(groups: list[list[int]], lengths: Sequence[int], lanes: int) -> list[list[int]]:
+    """``groups`` (of indices into ``lengths``), the one with the most tokens cut in two where its
+    tokens are halved, until they are a multiple of ``lanes`` or none can be cut: a micro-batch that
+    makes one pass makes one a lane, each with as many tokens, and five passes of documents on two
+    lanes make six, so no lane waits idle for the last one."""
+    groups = [list(group) for group in groups]
+    while len(groups) % lanes:
+        largest = max(groups, key=lambda group: sum(lengths[index] for index in group))
+        if len(largest) < 2:
+            break
+        half, running, cut = sum(lengths[index] for index in largest) / 2, 0, 1
+        for position, index in enumerate(largest[:-1], start=1):
+            if abs(running + lengths[index] - half) > abs(running - half) and position > 1:
+                break
+            running, cut = running + lengths[index], position
+        at = groups.index(largest)
+        groups[at : at + 1] = [largest[:cut], largest[cut:]]
+    return groups
+
+
 # Batch widths are rounded up to one of a bounded set. Every distinct input shape costs a forward pass
 # its own oneDNN primitive and scratch memory (and CUDA its own kernel choice), so exact widths made
 # a long-running worker's memory grow with each new width it met (up to ~250 of them). Multiples of

@@ -16,13 +16,16 @@ from transformers import AutoModelForTokenClassification, AutoTokenizer
 
 from shared.predict import casing
 from shared.predict.engine import words
-from shared.predict.engine.batching import WIDTH_BUCKET, bucket_width, group_by_length
+from shared.predict.engine.batching import WIDTH_BUCKET, bucket_width, group_by_length, split_for_lanes
 from shared.predict.engine.errors import ModelLoadError
+from shared.predict.engine.lanes import run_in_lanes
 from shared.predict.engine.packed import packable, packed_logits
 from shared.predict.engine.runtime import (
+    TOKENS_PER_THREAD,
     bound_shape_caches,
     configure_cpu_threads,
     has_full_range_activations,
+    intra_op_threads,
     pick_device,
     prepare_model,
     resolve_precision,
@@ -58,6 +61,12 @@ class EngineOptions:
     # Unpadded passes (packed.py) for the encoders that have them (int8 only with 8-bit activations);
     # False: transformers' padded forward.
     packing: bool = True
+    # CPU only. Passes run at once (lanes.py), each on threads / lanes intra-op threads; None: up to
+    # one per thread; 1: one pass at a time on every thread.
+    lanes: int | None = None
+    # A CPU pass gets an intra-op thread per this many tokens, up to its lane's share, and a call at
+    # most one lane per this many tokens (runtime.TOKENS_PER_THREAD): small passes run on one thread.
+    tokens_per_thread: int = TOKENS_PER_THREAD
 
     @classmethod
     def from_settings(cls, settings: Settings) -> EngineOptions:
@@ -70,6 +79,8 @@ class EngineOptions:
             max_window_tokens=settings.max_window_tokens,
             stride_tokens=settings.window_stride_tokens,
             packing=settings.engine_packing,
+            lanes=settings.engine_lanes,
+            tokens_per_thread=settings.engine_tokens_per_thread,
         )
 
     @property
@@ -235,35 +246,61 @@ class NerEngine:
 
         Packed passes (packed.py) take windows in length order, as many as fit; padded ones also
         start a new pass where padding the shorter windows would waste more than a quarter of it.
+        On CPU a call's passes run in lanes (lanes.py): a micro-batch too is split into one pass a lane.
         """
-        out: list[np.ndarray] = [np.empty((0, len(self.id2label)), dtype=np.float32)] * len(windows)
-        prefix, suffix = self._prefix, self._suffix
+        specials = len(self._prefix) + len(self._suffix)
+        lengths = [len(w.ids) + specials for w in windows]
         max_padding = 1.0 if self.packed else 0.25  # 1.0: padding never splits a pass
-        for chunk in group_by_length([len(w.ids) for w in windows], self.options.batch_size, max_padding):
-            lengths = [len(prefix) + len(windows[index].ids) + len(suffix) for index in chunk]
-            width = lengths[-1]  # the longest: the chunk is in length order
-            if not self.packed:  # packed, only the embeddings see the width: the rest sees tokens x hidden
-                width = bucket_width(width, self.options.width_bucket, self._max_width)
-            inputs = self._padded_inputs([windows[index] for index in chunk], width)
-            with torch.inference_mode():
-                if self.packed:
-                    logits = packed_logits(
-                        self.model,
-                        inputs["input_ids"],
-                        inputs["attention_mask"],
-                        inputs.get("token_type_ids"),
-                        lengths,
-                    )
-                else:
-                    logits = self.model(**inputs).logits
-                probs = torch.softmax(logits.float(), dim=-1).cpu().numpy()
-            self.forward_passes += 1
-            first = 0  # packed: the chunk's rows one after another; padded: one row per window
-            for row, index in enumerate(chunk):
-                rows = probs[first : first + lengths[row]] if self.packed else probs[row]
-                out[index] = rows[len(prefix) : len(prefix) + len(windows[index].ids)]
-                first += lengths[row]
+        chunks = group_by_length(lengths, self.options.batch_size, max_padding)
+        lanes = self._lanes(sum(lengths))
+        chunks = split_for_lanes(chunks, lengths, lanes)
+        lane_threads = (self.threads or 1) // lanes
+        passes = run_in_lanes(lambda chunk: self._pass(windows, chunk, lane_threads), chunks, lanes)
+        self.forward_passes += len(chunks)
+        out: list[np.ndarray] = [np.empty((0, len(self.id2label)), dtype=np.float32)] * len(windows)
+        for chunk, probs in zip(chunks, passes, strict=True):
+            for index, rows in zip(chunk, probs, strict=True):
+                out[index] = rows[len(self._prefix) : len(self._prefix) + len(windows[index].ids)]
         return out
+
+    def _pass(self, windows: list[_Slice], chunk: list[int], lane_threads: int) -> list[np.ndarray]:
+        """One forward pass over ``windows[chunk]`` (in length order): each window's probabilities,
+        its special tokens included."""
+        lengths = [len(self._prefix) + len(windows[index].ids) + len(self._suffix) for index in chunk]
+        width = lengths[-1]  # the longest: the chunk is in length order
+        if not self.packed:  # packed, only the embeddings see the width: the rest sees tokens x hidden
+            width = bucket_width(width, self.options.width_bucket, self._max_width)
+        inputs = self._padded_inputs([windows[index] for index in chunk], width)
+        tokens = sum(lengths) if self.packed else len(chunk) * width
+        with torch.inference_mode(), intra_op_threads(self._pass_threads(tokens, lane_threads)):
+            if self.packed:
+                logits = packed_logits(
+                    self.model,
+                    inputs["input_ids"],
+                    inputs["attention_mask"],
+                    inputs.get("token_type_ids"),
+                    lengths,
+                )
+            else:
+                logits = self.model(**inputs).logits
+            probs = torch.softmax(logits.float(), dim=-1).cpu().numpy()
+        # Packed: the chunk's rows one after another; padded: one row per window.
+        return np.split(probs, np.cumsum(lengths)[:-1]) if self.packed else list(probs)
+
+    def _lanes(self, tokens: int) -> int:
+        """Passes to run at once for a call over ``tokens`` tokens: at most one per thread (or
+        ``lanes``), and one per ``tokens_per_thread`` tokens."""
+        if self.threads is None:  # CUDA: one pass at a time
+            return 1
+        most = min(self.options.lanes or self.threads, self.threads)
+        return max(1, min(most, tokens // max(1, self.options.tokens_per_thread)))
+
+    def _pass_threads(self, tokens: int, lane_threads: int) -> int | None:
+        """Intra-op threads for a CPU pass over ``tokens`` tokens: one per ``tokens_per_thread``, up
+        to ``lane_threads``; None on CUDA."""
+        if self.threads is None:
+            return None
+        return max(1, min(lane_threads, tokens // max(1, self.options.tokens_per_thread)))
 
 
 def tokenize_with_offsets(tokenizer, texts: Sequence[str]):  # type: ignore[no-untyped-def]

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -193,6 +194,30 @@ def configure_cpu_threads(requested: int | None) -> int:
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
     return threads
+
+
+# A CPU pass gets one intra-op thread per this many tokens (engine.py; lanes.py for whole calls).
+# Waking a sleeping OpenMP thread at each of a pass's ~100 parallel regions (the default
+# OMP_WAIT_POLICY=PASSIVE, where a worker may share the cores) costs a small pass more than a second
+# core gives it: on a 2-core KVM guest (AVX2 EPYC), one CoNLL sentence (18 tokens) took 14.9 ms on one
+# thread and 19.4 ms on two, 4 sentences (66 tokens) 34.0 ms on either, 8 (135 tokens) 60.0 against
+# 58.0 ms but 36% more CPU time, 16 (280 tokens) 111.5 against 95.5 ms (docs/benchmarks.md#predict).
+TOKENS_PER_THREAD = 128
+
+
+@contextlib.contextmanager
+def intra_op_threads(threads: int | None) -> Iterator[None]:
+    """Run the block with ``threads`` intra-op threads in the calling thread (None: as set), then
+    restore: torch and MKL keep the count per thread, so other threads' passes keep theirs."""
+    before = torch.get_num_threads()
+    if threads is None or threads == before:
+        yield
+        return
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def pick_process_gpu(index: int | None) -> None:
