@@ -309,6 +309,16 @@ def test_a_call_runs_its_passes_in_lanes_one_thread_each_with_the_same_answers(
     assert len({name for _, _, name in passes}) == 2  # the caller and a lane thread
     first_call, _ = micro_batch
     assert len(passes) - first_call == 2  # 16 sentences: one pass a lane
+    # One window is never cut: its pass is the call's one lane and gets the threads its tokens are worth.
+    eager_options = EngineOptions(num_threads=2, tokens_per_thread=4)
+    eager = NerEngine(one_lane.model, one_lane.tokenizer, source="eager", options=eager_options)
+    alone, stop_alone = _record_passes(eager)
+    try:
+        eager.predict([GOOGLE])
+    finally:
+        stop_alone()
+        torch.set_num_threads(threads_before)
+    assert [threads for _, threads, _ in alone] == [2]
     assert sum(len(entities) for entities in want) > 50
     for mine, theirs in zip(got, want, strict=True):
         assert _spans(mine) == _spans(theirs)

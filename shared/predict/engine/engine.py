@@ -254,6 +254,7 @@ class NerEngine:
         chunks = group_by_length(lengths, self.options.batch_size, max_padding)
         lanes = self._lanes(sum(lengths))
         chunks = split_for_lanes(chunks, lengths, lanes)
+        lanes = max(1, min(lanes, len(chunks)))  # a window is never cut: one window is one lane
         lane_threads = (self.threads or 1) // lanes
         passes = run_in_lanes(lambda chunk: self._pass(windows, chunk, lane_threads), chunks, lanes)
         self.forward_passes += len(chunks)
