@@ -81,4 +81,4 @@ def run_in_lanes(run: Callable[[Item], Result], items: Sequence[Item], lanes: in
             error = error or exc
     if error is not None:
         raise error
-    return results  # type: ignore[return-value] (every index was filled, or an error was raised)
+    return results  # type: ignore[return-value]  # every index was filled, or an error was raised
