@@ -301,13 +301,13 @@ def test_a_call_runs_its_passes_in_lanes_one_thread_each_with_the_same_answers(
     passes, stop = _record_passes(two_lanes)  # the two engines share the model
     try:
         got = two_lanes.predict(texts)
-        micro_batch = len(passes), two_lanes.predict(texts[:16])
+        first_call = len(passes)
+        two_lanes.predict(texts[:16])
     finally:
         stop()
         torch.set_num_threads(threads_before)
     assert {threads for _, threads, _ in passes} == {1}  # 2 threads: two lanes of one
     assert len({name for _, _, name in passes}) == 2  # the caller and a lane thread
-    first_call, _ = micro_batch
     assert len(passes) - first_call == 2  # 16 sentences: one pass a lane
     # One window is never cut: its pass is the call's one lane and gets the threads its tokens are worth.
     eager_options = EngineOptions(num_threads=2, tokens_per_thread=4)

@@ -256,7 +256,11 @@ class NerEngine:
         chunks = split_for_lanes(chunks, lengths, lanes)
         lanes = max(1, min(lanes, len(chunks)))  # a window is never cut: one window is one lane
         lane_threads = (self.threads or 1) // lanes
-        passes = run_in_lanes(lambda chunk: self._pass(windows, chunk, lane_threads), chunks, lanes)
+        passes = run_in_lanes(
+            lambda chunk: self._pass(windows, chunk, [lengths[index] for index in chunk], lane_threads),
+            chunks,
+            lanes,
+        )
         self.forward_passes += len(chunks)
         out: list[np.ndarray] = [np.empty((0, len(self.id2label)), dtype=np.float32)] * len(windows)
         for chunk, probs in zip(chunks, passes, strict=True):
@@ -264,10 +268,11 @@ class NerEngine:
                 out[index] = rows[len(self._prefix) : len(self._prefix) + len(windows[index].ids)]
         return out
 
-    def _pass(self, windows: list[_Slice], chunk: list[int], lane_threads: int) -> list[np.ndarray]:
-        """One forward pass over ``windows[chunk]`` (in length order): each window's probabilities,
-        its special tokens included."""
-        lengths = [len(self._prefix) + len(windows[index].ids) + len(self._suffix) for index in chunk]
+    def _pass(
+        self, windows: list[_Slice], chunk: list[int], lengths: list[int], lane_threads: int
+    ) -> list[np.ndarray]:
+        """One forward pass over ``windows[chunk]`` (in length order, ``lengths`` with their special
+        tokens): each window's probabilities, its special tokens included."""
         width = lengths[-1]  # the longest: the chunk is in length order
         if not self.packed:  # packed, only the embeddings see the width: the rest sees tokens x hidden
             width = bucket_width(width, self.options.width_bucket, self._max_width)
@@ -293,15 +298,18 @@ class NerEngine:
         ``lanes``), and one per ``tokens_per_thread`` tokens."""
         if self.threads is None:  # CUDA: one pass at a time
             return 1
-        most = min(self.options.lanes or self.threads, self.threads)
-        return max(1, min(most, tokens // max(1, self.options.tokens_per_thread)))
+        return min(self.options.lanes or self.threads, self.threads, self._threads_worth(tokens))
 
     def _pass_threads(self, tokens: int, lane_threads: int) -> int | None:
         """Intra-op threads for a CPU pass over ``tokens`` tokens: one per ``tokens_per_thread``, up
         to ``lane_threads``; None on CUDA."""
         if self.threads is None:
             return None
-        return max(1, min(lane_threads, tokens // max(1, self.options.tokens_per_thread)))
+        return min(lane_threads, self._threads_worth(tokens))
+
+    def _threads_worth(self, tokens: int) -> int:
+        """One per ``tokens_per_thread`` of ``tokens``, at least one."""
+        return max(1, tokens // max(1, self.options.tokens_per_thread))
 
 
 def tokenize_with_offsets(tokenizer, texts: Sequence[str]):  # type: ignore[no-untyped-def]

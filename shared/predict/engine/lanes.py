@@ -3,9 +3,9 @@
 One pass at a time on every core (torch's intra-op threads) makes the cores meet at each of a pass's
 ~100 parallel regions; with the default OMP_WAIT_POLICY=PASSIVE (a worker may share the cores) each
 meeting wakes a sleeping thread, and on a 2-core KVM guest that left the second core worth 1.2x at
-32 sentences a pass. Two passes at once, one thread each, ran 1.4-1.5x as fast as one pass on both
-(docs/benchmarks.md#predict): the cores never wait for each other. torch releases the GIL inside its
-operators, so the lanes are threads of this process sharing one model.
+32 sentences a pass. Two passes at once, one thread each, ran 268-282 sentences/s against 180-205 for
+one pass at a time on both (docs/benchmarks.md#predict): the cores never wait for each other. torch
+releases the GIL inside its operators, so the lanes are threads of this process sharing one model.
 """
 
 from __future__ import annotations
