@@ -288,6 +288,21 @@ def test_a_pass_gets_a_thread_per_128_tokens_and_the_caller_keeps_its_count(tiny
     assert len(long[0]) >= 20
 
 
+def test_a_calls_passes_run_longest_first(tiny_model_dir: Path) -> None:
+    # Lanes take the next pass when done: the shortest last, so no lane is left alone with a long one.
+    threads_before = torch.get_num_threads()
+    texts = [" ".join(s.tokens) for s in read_conll(get_settings().conll_dir / "eng.testb", limit=60)]
+    engine = NerEngine.load(tiny_model_dir, EngineOptions(num_threads=2, batch_size=4, lanes=1))
+    passes, stop = _record_passes(engine)
+    try:
+        engine.predict(texts)
+    finally:
+        stop()
+        torch.set_num_threads(threads_before)
+    tokens = [seen for seen, _, _ in passes]
+    assert len(set(tokens)) > 5 and tokens == sorted(tokens, reverse=True)
+
+
 def test_a_call_runs_its_passes_in_lanes_one_thread_each_with_the_same_answers(
     tiny_model_dir: Path,
 ) -> None:
@@ -389,6 +404,11 @@ def test_passes_are_cut_into_a_multiple_of_the_lanes_with_even_tokens() -> None:
     assert len(six) == 6 and [6] in six and [7] in six  # the heaviest pass was cut
     assert split_for_lanes(five, lengths, 1) == five
     assert split_for_lanes([[0], [1], [2]], lengths, 2) == [[0], [1], [2]]  # nothing left to cut
+    # 31 short sentences beside one long one (padding kept them in two passes): not one lane's work.
+    lopsided = [list(range(31)), [31]]
+    parts = split_for_lanes(lopsided, [40] * 31 + [124], 2)
+    assert sorted(index for part in parts for index in part) == list(range(32))
+    assert len(parts) % 2 == 0 and max(40 * len(part) for part in parts if 31 not in part) <= 620
 
 
 def test_forward_groups_bound_padding_and_size() -> None:

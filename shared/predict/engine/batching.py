@@ -32,15 +32,24 @@ def group_by_length(lengths: Sequence[int], max_batch: int, max_padding: float =
 
 def split_for_lanes(groups: list[list[int]], lengths: Sequence[int], lanes: int) -> list[list[int]]:
     """``groups`` (of indices into ``lengths``), the one with the most tokens cut in two where its
-    tokens are halved, until they are a multiple of ``lanes`` or none can be cut: a micro-batch that
-    makes one pass makes one a lane, each with as many tokens, and five passes of documents on two
-    lanes make six, so no lane waits idle for the last one."""
+    tokens are halved, until they are a multiple of ``lanes`` and none holds half again a lane's share
+    of the tokens, or none can be cut: a micro-batch that makes one pass makes one a lane, each with
+    as many tokens; five passes of documents on two lanes make six, so no lane waits idle for the
+    last one; and 31 short sentences are not one lane's pass while the other lane runs one long one."""
     groups = [list(group) for group in groups]
-    while len(groups) % lanes:
-        largest = max(groups, key=lambda group: sum(lengths[index] for index in group))
-        if len(largest) < 2:
+    if not groups:
+        return groups
+
+    def tokens(group: list[int]) -> int:
+        return sum(lengths[index] for index in group)
+
+    # Half again a lane's share: a pass cut in two at its middle is never exactly halved.
+    most = 1.5 * sum(tokens(group) for group in groups) / lanes
+    while True:
+        largest = max(groups, key=tokens)
+        if (len(groups) % lanes == 0 and tokens(largest) <= most) or len(largest) < 2:
             break
-        half, running, cut = sum(lengths[index] for index in largest) / 2, 0, 1
+        half, running, cut = tokens(largest) / 2, 0, 1
         for position, index in enumerate(largest[:-1], start=1):
             if abs(running + lengths[index] - half) > abs(running - half) and position > 1:
                 break

@@ -254,6 +254,10 @@ class NerEngine:
         chunks = group_by_length(lengths, self.options.batch_size, max_padding)
         lanes = self._lanes(sum(lengths))
         chunks = split_for_lanes(chunks, lengths, lanes)
+        # Longest pass first: each lane takes the next pass when done, so the shortest come last and
+        # the lanes finish together. Shortest first left one lane alone with a call's longest pass: a
+        # bulk worker's 256-document calls ran one pass at a time for 21% of the job.
+        chunks.sort(key=lambda chunk: sum(lengths[index] for index in chunk), reverse=True)
         lanes = max(1, min(lanes, len(chunks)))  # a window is never cut: one window is one lane
         lane_threads = (self.threads or 1) // lanes
         passes = run_in_lanes(
