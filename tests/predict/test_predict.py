@@ -326,6 +326,41 @@ def test_batcher_merges_up_to_the_size_and_keeps_each_callers_results() -> None:
     assert sorted(text for call in calls for text in call) == sorted(f"t{i}" for i in range(20))
 
 
+def test_batcher_closes_once_the_last_batchs_callers_are_back_and_waits_for_fewer() -> None:
+    calls: list[list[str]] = []
+
+    def predict(texts: list[str]) -> tuple[str, list[str]]:
+        calls.append(list(texts))
+        return "meta", texts
+
+    async def arrivals(batcher: MicroBatcher[str, str], names: list[str]) -> float:
+        """Seconds until every caller of ``names``, arriving 10 ms apart, is answered."""
+        started = time.perf_counter()
+        callers = []
+        for name in names:
+            callers.append(asyncio.ensure_future(batcher.submit([name])))
+            await asyncio.sleep(0.01)
+        await asyncio.gather(*callers)
+        return time.perf_counter() - started
+
+    async def scenario() -> tuple[float, float]:
+        # max_wait far above the arrivals' spread: only the callers' count can close a batch early.
+        batcher: MicroBatcher[str, str] = MicroBatcher(predict, max_batch_size=64, max_wait_ms=1500)
+        batcher.start()
+        try:
+            await asyncio.gather(*(batcher.submit([name]) for name in ("a", "b", "c")))  # one batch of 3
+            three_back = await arrivals(batcher, ["d", "e", "f"])
+            two_back = await arrivals(batcher, ["g", "h"])
+            return three_back, two_back
+        finally:
+            await batcher.stop()
+
+    three_back, two_back = asyncio.run(scenario())
+    assert calls == [["a", "b", "c"], ["d", "e", "f"], ["g", "h"]]
+    assert three_back < 0.8  # closed when the third came, not after max_wait
+    assert two_back >= 1.4  # one caller short: the batch waited out max_wait for it
+
+
 def test_batcher_never_splits_a_request_and_reports_errors_to_every_caller() -> None:
     calls: list[list[str]] = []
 
