@@ -414,22 +414,12 @@ def run_load(
 OWN_CORES_ENV = {"GOMP_SPINCOUNT": "1000"}
 
 
-# Earlier runs' figures, shown next to this run's, oldest first. 12:51 packed on an AVX2-only EPYC,
-# slower; 15:49 the run before int8 packed on VNNI CPUs (AVX-512); 19:45 on this AVX2 KVM guest before
-# passes ran in lanes and small ones on one thread. Within one run, ``fp32 padded`` is the before and
-# after on the same cores.
+# Earlier runs' figures, shown next to this run's, oldest first. 15:49 the run before int8 packed on
+# VNNI CPUs (AVX-512); 19:45 on an AVX2 KVM guest before passes ran in lanes and small ones on one
+# thread; 2026-12-01 01:51 on a Zen 5 KVM guest (AVX-512, native bf16, VNNI) before the micro-batcher
+# closed a batch once the last batch's callers were back. Within one run, ``fp32 padded`` is the
+# before and after on the same cores.
 PREVIOUS_RUNS: list[dict] = [
-    {
-        "date": "2026-11-30 12:51, AVX2 only, packed",
-        "engine": {"fp32": 205, "int8": 231, "fp32 padded": 176},
-        "documents": {"fp32": (10.94, 2832), "int8": (13.31, 3444), "fp32 padded": (11.11, 2876)},
-        "f1": {"fp32": 0.8835, "int8": 0.8822, "fp32 padded": 0.8835},
-        "reference": {1: (57.3, 17, 32), 32: (22.9, 1361, 2002)},
-        "gateway fp32": {1: (44.5, 21, 37), 32: (121.6, 266, 410)},
-        "gateway int8": {1: (42.5, 23, 46), 32: (96.0, 343, 517)},
-        "gateway fp32 padded": {1: (35.2, 27, 44), 32: (92.8, 356, 534)},
-        "matmul_share_fp32": 0.69,  # 49% of its fp32 peak (157 GFLOP/s)
-    },
     {
         "date": "2026-11-30 15:49, AVX-512, int8 padded",
         "engine": {"fp32": 355, "bf16": 491, "int8": 533, "fp32 padded": 299},
@@ -458,6 +448,20 @@ PREVIOUS_RUNS: list[dict] = [
         "gateway int8": {1: (42.8, 22, 39), 32: (121.6, 258, 413)},
         "gateway int8, own cores": {1: (45.2, 21, 37), 32: (121.6, 267, 368)},
         "matmul_share_fp32": 0.64,
+    },
+    {
+        "date": "2026-12-01 01:51, Zen 5 KVM guest, before the gather change",
+        "engine": {"fp32": 496, "bf16": 1269, "int8": 1120},
+        "documents": {"fp32": (19.42, 5026), "bf16": (49.16, 12723), "int8": (36.18, 9364)},
+        "f1": {"fp32": 0.8835, "bf16": 0.8831, "int8": 0.8826},
+        "reference": {1: (104.3, 9, 17), 32: (70.9, 438, 677)},
+        "gateway fp32": {1: (113.0, 8, 17), 32: (361.6, 90, 148)},
+        "gateway fp32, own cores": {1: (108.7, 8, 18), 32: (361.6, 87, 142)},
+        "gateway bf16": {1: (173.5, 6, 9), 32: (694.4, 46, 70)},
+        "gateway bf16, own cores": {1: (176.2, 5, 9), 32: (713.6, 44, 68)},
+        "gateway int8": {1: (231.6, 4, 8), 32: (658.2, 48, 79)},
+        "gateway int8, own cores": {1: (232.4, 4, 8), 32: (656.0, 47, 80)},
+        "matmul_share_fp32": 0.84,
     },
 ]
 
