@@ -88,6 +88,9 @@ class Settings(BaseSettings):
     # A CPU pass gets one core per this many tokens, up to its lane's share: waking a second thread at
     # each step costs a small pass more than the core gives it (engine/runtime.py).
     engine_tokens_per_thread: int = Field(default=128, ge=1)
+    # A CPU call runs at most one lane per this many tokens: lanes wake no thread mid-pass, so small
+    # calls gain from them long before a pass gains from a second thread (engine/runtime.py).
+    engine_tokens_per_lane: int = Field(default=32, ge=1)
     max_window_tokens: int = Field(default=256, ge=16, le=512)
     window_stride_tokens: int = Field(default=64, ge=0)
     model_poll_seconds: float = Field(default=2.0, gt=0)

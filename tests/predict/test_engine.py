@@ -288,6 +288,34 @@ def test_a_pass_gets_a_thread_per_128_tokens_and_the_caller_keeps_its_count(tiny
     assert len(long[0]) >= 20
 
 
+def test_a_small_call_takes_a_lane_per_32_tokens(tiny_model_dir: Path) -> None:
+    # Lanes wake no thread mid-pass: 8 short sentences (under the 128 tokens a second thread in one
+    # pass is worth) already run as two passes side by side, one thread each.
+    threads_before = torch.get_num_threads()
+    engine = NerEngine.load(tiny_model_dir, EngineOptions(num_threads=2))
+    frugal = NerEngine(
+        engine.model,
+        engine.tokenizer,
+        source="frugal",
+        options=EngineOptions(num_threads=2, tokens_per_lane=128),
+    )
+    passes, stop = _record_passes(engine)  # the two engines share the model, so both are recorded
+    try:
+        in_lanes = engine.predict([GOOGLE] * 8)
+        lanes_passes = list(passes)
+        passes.clear()
+        one_lane = frugal.predict([GOOGLE] * 8)
+    finally:
+        stop()
+        torch.set_num_threads(threads_before)
+    tokens = sum(seen for seen, _, _ in passes)
+    assert 64 <= tokens < 128 and [threads for _, threads, _ in passes] == [1]
+    assert len(lanes_passes) == 2 and {threads for _, threads, _ in lanes_passes} == {1}
+    assert len({name for _, _, name in lanes_passes}) == 2  # the caller and a lane thread
+    assert sum(seen for seen, _, _ in lanes_passes) == tokens
+    assert [_spans(entities) for entities in in_lanes] == [_spans(entities) for entities in one_lane]
+
+
 def test_a_calls_passes_run_longest_first(tiny_model_dir: Path) -> None:
     # Lanes take the next pass when done: the shortest last, so no lane is left alone with a long one.
     threads_before = torch.get_num_threads()

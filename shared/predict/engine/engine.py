@@ -21,6 +21,7 @@ from shared.predict.engine.errors import ModelLoadError
 from shared.predict.engine.lanes import run_in_lanes
 from shared.predict.engine.packed import packable, packed_logits
 from shared.predict.engine.runtime import (
+    TOKENS_PER_LANE,
     TOKENS_PER_THREAD,
     bound_shape_caches,
     configure_cpu_threads,
@@ -64,9 +65,11 @@ class EngineOptions:
     # CPU only. Passes run at once (lanes.py), each on threads / lanes intra-op threads; None: up to
     # one per thread; 1: one pass at a time on every thread.
     lanes: int | None = None
-    # A CPU pass gets an intra-op thread per this many tokens, up to its lane's share, and a call at
-    # most one lane per this many tokens (runtime.TOKENS_PER_THREAD): small passes run on one thread.
+    # A CPU pass gets an intra-op thread per this many tokens, up to its lane's share
+    # (runtime.TOKENS_PER_THREAD): small passes run on one thread.
     tokens_per_thread: int = TOKENS_PER_THREAD
+    # A CPU call runs at most one lane per this many tokens (runtime.TOKENS_PER_LANE).
+    tokens_per_lane: int = TOKENS_PER_LANE
 
     @classmethod
     def from_settings(cls, settings: Settings) -> EngineOptions:
@@ -81,6 +84,7 @@ class EngineOptions:
             packing=settings.engine_packing,
             lanes=settings.engine_lanes,
             tokens_per_thread=settings.engine_tokens_per_thread,
+            tokens_per_lane=settings.engine_tokens_per_lane,
         )
 
     @property
@@ -299,21 +303,24 @@ class NerEngine:
 
     def _lanes(self, tokens: int) -> int:
         """Passes to run at once for a call over ``tokens`` tokens: at most one per thread (or
-        ``lanes``), and one per ``tokens_per_thread`` tokens."""
+        ``lanes``), and one per ``tokens_per_lane`` tokens."""
         if self.threads is None:  # CUDA: one pass at a time
             return 1
-        return min(self.options.lanes or self.threads, self.threads, self._threads_worth(tokens))
+        return min(
+            self.options.lanes or self.threads, self.threads, _one_per(tokens, self.options.tokens_per_lane)
+        )
 
     def _pass_threads(self, tokens: int, lane_threads: int) -> int | None:
         """Intra-op threads for a CPU pass over ``tokens`` tokens: one per ``tokens_per_thread``, up
         to ``lane_threads``; None on CUDA."""
         if self.threads is None:
             return None
-        return min(lane_threads, self._threads_worth(tokens))
+        return min(lane_threads, _one_per(tokens, self.options.tokens_per_thread))
 
-    def _threads_worth(self, tokens: int) -> int:
-        """One per ``tokens_per_thread`` of ``tokens``, at least one."""
-        return max(1, tokens // max(1, self.options.tokens_per_thread))
+
+def _one_per(tokens: int, size: int) -> int:
+    """One per ``size`` of ``tokens``, at least one."""
+    return max(1, tokens // max(1, size))
 
 
 def tokenize_with_offsets(tokenizer, texts: Sequence[str]):  # type: ignore[no-untyped-def]

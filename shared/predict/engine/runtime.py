@@ -204,6 +204,13 @@ def configure_cpu_threads(requested: int | None) -> int:
 # 58.0 ms but 36% more CPU time, 16 (280 tokens) 111.5 against 95.5 ms (docs/benchmarks.md#predict).
 TOKENS_PER_THREAD = 128
 
+# A CPU call runs at most one lane (a pass on a thread of its own, lanes.py) per this many tokens. Lanes
+# wake no thread inside a pass, so they pay off far sooner than a second thread in one pass: on a 2-core
+# Zen 5 KVM guest, a call of 4 / 8 / 16 CoNLL sentences took fp32 17.1 / 23.9 / 42.7 ms with a lane
+# per 32 tokens against 21.3 / 35.0 / 48.7 with one per 128, bf16 9.3 / 13.2 / 19.9 against 10.0 / 15.1
+# / 22.0 (best of 2 rounds, one process); a lone sentence is one window, one lane either way.
+TOKENS_PER_LANE = 32
+
 
 @contextlib.contextmanager
 def intra_op_threads(threads: int | None) -> Iterator[None]:
