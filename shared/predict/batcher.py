@@ -147,7 +147,7 @@ class MicroBatcher(Generic[Meta, Result]):
         Under load, requests queue up while the model runs and batches form on their own. Callers
         answered together come back together: once as many are back as the last batch answered,
         waiting out ``max_wait`` only idles the model (32 clients: 13.5 ms between model calls of
-        31-78 ms, 9 ms without that tail; docs/benchmarks.md#predict). Taking whatever is queued
+        31-78 ms, 8.5 ms without that tail; docs/benchmarks.md#predict). Taking whatever is queued
         on top lets batches grow again when callers join.
         """
         first = await self._next_item()
