@@ -691,8 +691,11 @@ def test_4_phone_width_has_no_sideways_page_scroll(browser: Browser, ui: UiStack
         assert box is None or box["x"] + box["width"] <= 390
     # The Models table's actions are on screen (a card per version).
     page.goto(f"{ui.base_url}/#/models")
+    # A hash change: the app shows the panel on its hashchange event, a task after goto returns.
+    expect(page.locator('[data-panel="models"]')).to_be_visible()
     page.wait_for_load_state("networkidle")
     for button in page.locator("#models-table button[data-action=activate]").all():
+        expect(button).to_be_visible()
         bounds = button.bounding_box()
         assert bounds is not None and bounds["x"] + bounds["width"] <= 390
     context.close()
