@@ -213,6 +213,7 @@ class LoadResult:
     errors: int
     seconds: float
     latencies: list[float]
+    cpu: CpuUse | None = None  # where the CPU went while it was measured (``_load`` with a ``server_pid``)
 
     @property
     def rps(self) -> float:
@@ -220,6 +221,49 @@ class LoadResult:
 
     def percentile(self, q: float) -> float:
         return float(np.percentile(self.latencies, q)) * 1000 if self.latencies else float("nan")
+
+
+@dataclass(frozen=True)
+class CpuUse:
+    """Core-seconds over a measured window: the server's event loop (its main thread), its other
+    threads (model calls, their lanes, the tokenizer's pool), the load generator (this process), and
+    the machine's idle cores. Linux only (/proc)."""
+
+    event_loop: float
+    other_threads: float
+    load_generator: float
+    idle: float
+    seconds: float
+
+
+class CpuClock:
+    """Reads the core-seconds ``CpuUse`` splits, for one server process; ``since`` an earlier reading."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.tick = os.sysconf("SC_CLK_TCK")
+
+    def read(self) -> tuple[float, float, float, float, float]:
+        main = others = 0.0
+        for tid in os.listdir(f"/proc/{self.pid}/task"):
+            try:
+                with open(f"/proc/{self.pid}/task/{tid}/stat") as stat:
+                    fields = stat.read().rpartition(")")[2].split()
+            except OSError:  # the thread ended meanwhile
+                continue
+            used = (int(fields[11]) + int(fields[12])) / self.tick  # utime + stime
+            if int(tid) == self.pid:
+                main += used
+            else:
+                others += used
+        own = os.times()
+        with open("/proc/stat") as stat:
+            idle = int(stat.readline().split()[4]) / self.tick
+        return main, others, own.user + own.system, idle, time.perf_counter()
+
+    def since(self, before: tuple[float, float, float, float, float]) -> CpuUse:
+        now = self.read()
+        return CpuUse(*(after - first for after, first in zip(now, before, strict=True)))
 
 
 class KeepAliveConnection:
@@ -258,13 +302,29 @@ class KeepAliveConnection:
 
 
 async def _load(
-    port: int, texts: list[str], clients: int, warmup: float, duration: float, api_key: str | None = None
+    port: int,
+    texts: list[str],
+    clients: int,
+    warmup: float,
+    duration: float,
+    api_key: str | None = None,
+    server_pid: int | None = None,
 ) -> LoadResult:
     latencies: list[float] = []
     errors = 0
     counter = iter(range(10**9))
     measure_from = time.perf_counter() + warmup
     stop_at = measure_from + duration
+
+    async def cpu_use() -> CpuUse | None:
+        """The server's and this machine's CPU over the measured window (``server_pid`` given)."""
+        if server_pid is None or not Path(f"/proc/{server_pid}/task").is_dir():
+            return None
+        clock = CpuClock(server_pid)
+        await asyncio.sleep(max(0.0, measure_from - time.perf_counter()))
+        before = clock.read()
+        await asyncio.sleep(max(0.0, stop_at - time.perf_counter()))
+        return clock.since(before)
 
     async def one_client() -> None:
         nonlocal errors
@@ -283,8 +343,8 @@ async def _load(
         finally:
             connection.close()
 
-    await asyncio.gather(*(one_client() for _ in range(clients)))
-    return LoadResult(clients, len(latencies), errors, duration, latencies)
+    cpu, *_ = await asyncio.gather(cpu_use(), *(one_client() for _ in range(clients)))
+    return LoadResult(clients, len(latencies), errors, duration, latencies, cpu)
 
 
 class Server:
@@ -395,7 +455,9 @@ def run_load(
 ) -> dict[int, LoadResult]:
     results = {}
     for clients in levels:
-        results[clients] = uvloop.run(_load(server.port, texts, clients, warmup, duration, server.api_key))
+        results[clients] = uvloop.run(
+            _load(server.port, texts, clients, warmup, duration, server.api_key, server.process.pid)
+        )
         r = results[clients]
         print(
             f"  {server.name:>16} {clients:>3} clients: {r.rps:7.1f} req/s  p50 {r.percentile(50):7.1f} ms  "
@@ -415,10 +477,10 @@ OWN_CORES_ENV = {"GOMP_SPINCOUNT": "1000"}
 
 
 # Earlier runs' figures, shown next to this run's, oldest first. 2026-11-30 19:45 on an AVX2 KVM guest
-# before passes ran in lanes and small ones on one thread; 2026-12-01 01:51 on a Zen 5 KVM guest
-# (AVX-512, native bf16, VNNI) before the micro-batcher closed a batch once the last batch's callers
-# were back, 02:28 the same machine after. Within one run, ``fp32 padded`` is the before and after on
-# the same cores.
+# before passes ran in lanes and small ones on one thread; 2026-12-01 02:28 on a Zen 5 KVM guest
+# (AVX-512, native bf16, VNNI); 05:26 on a Zen 4 KVM guest (AVX-512, native bf16, VNNI), the same
+# engine and gateway code as 02:28. Within one run, ``fp32 padded`` is the before and after on the
+# same cores.
 PREVIOUS_RUNS: list[dict] = [
     {
         "date": "2026-11-30 19:45, AVX2 KVM guest, before lanes",
@@ -433,20 +495,6 @@ PREVIOUS_RUNS: list[dict] = [
         "matmul_share_fp32": 0.64,
     },
     {
-        "date": "2026-12-01 01:51, Zen 5 KVM guest, before the gather change",
-        "engine": {"fp32": 496, "bf16": 1269, "int8": 1120},
-        "documents": {"fp32": (19.42, 5026), "bf16": (49.16, 12723), "int8": (36.18, 9364)},
-        "f1": {"fp32": 0.8835, "bf16": 0.8831, "int8": 0.8826},
-        "reference": {1: (104.3, 9, 17), 32: (70.9, 438, 677)},
-        "gateway fp32": {1: (113.0, 8, 17), 32: (361.6, 90, 148)},
-        "gateway fp32, own cores": {1: (108.7, 8, 18), 32: (361.6, 87, 142)},
-        "gateway bf16": {1: (173.5, 6, 9), 32: (694.4, 46, 70)},
-        "gateway bf16, own cores": {1: (176.2, 5, 9), 32: (713.6, 44, 68)},
-        "gateway int8": {1: (231.6, 4, 8), 32: (658.2, 48, 79)},
-        "gateway int8, own cores": {1: (232.4, 4, 8), 32: (656.0, 47, 80)},
-        "matmul_share_fp32": 0.84,
-    },
-    {
         "date": "2026-12-01 02:28, Zen 5 KVM guest",
         "engine": {"fp32": 515, "bf16": 1311, "int8": 1136},
         "documents": {"fp32": (20.23, 5235), "bf16": (50.58, 13091), "int8": (36.67, 9491)},
@@ -459,6 +507,20 @@ PREVIOUS_RUNS: list[dict] = [
         "gateway int8": {1: (187.3, 5, 9), 32: (707.2, 44, 77)},
         "gateway int8, own cores": {1: (195.6, 5, 9), 32: (704.0, 46, 77)},
         "matmul_share_fp32": 0.85,
+    },
+    {
+        "date": "2026-12-01 05:26, Zen 4 KVM guest",
+        "engine": {"fp32": 415, "bf16": 661, "int8": 735},
+        "documents": {"fp32": (15.85, 4103), "bf16": (28.05, 7261), "int8": (27.54, 7127)},
+        "f1": {"fp32": 0.8835, "bf16": 0.8831, "int8": 0.8826},
+        "reference": {1: (70.8, 13, 26), 32: (49.2, 628, 969)},
+        "gateway fp32": {1: (76.5, 12, 23), 32: (297.6, 109, 183)},
+        "gateway fp32, own cores": {1: (73.1, 13, 26), 32: (278.4, 114, 232)},
+        "gateway bf16": {1: (101.9, 9, 16), 32: (422.4, 77, 130)},
+        "gateway bf16, own cores": {1: (92.5, 10, 20), 32: (406.4, 77, 140)},
+        "gateway int8": {1: (114.4, 8, 16), 32: (470.4, 68, 114)},
+        "gateway int8, own cores": {1: (126.6, 7, 15), 32: (486.4, 66, 107)},
+        "matmul_share_fp32": 0.81,
     },
 ]
 
@@ -702,6 +764,7 @@ def main(argv: list[str] | None = None) -> int:
         duration=args.duration,
         rounds=args.engine_rounds,
         load_rounds=args.load_rounds,
+        cores=threads,
     )
     print(markdown)
     if not args.no_write:
@@ -711,6 +774,37 @@ def main(argv: list[str] | None = None) -> int:
         command = "make bench-predict" if not given else "python -m bench.predict " + " ".join(given)
         write_section("predict", markdown, command=command)
     return 0
+
+
+def cpu_lines(
+    loads: dict[str, dict[int, LoadResult]], nearby: dict[str, float], top: int, cores: int
+) -> list[str]:
+    """Where a request's core time went at ``top`` clients, next to a raw engine sentence's."""
+    lines = [
+        "",
+        f"### Where the cores went at {top} clients",
+        "",
+        "Core-milliseconds per request over the measured window (/proc; the machine has "
+        f"{cores} cores, so a row sums to about {cores} x 1000 / req/s): the server's event loop (its main "
+        "thread: HTTP, JSON, validation, the batcher), its other threads (model calls, their lanes, the "
+        "tokenizer's pool), the load generator (the bench process: its clients), and the cores left "
+        "idle. *raw engine* is what a sentence takes of the cores in the raw engine at the same "
+        f"precision ({cores} x 1000 / its sentences/s around the load).",
+        "",
+        "| server | req/s | event loop | other threads | load generator | idle | raw engine, per sentence |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name, results in loads.items():
+        r = results[top]
+        if r.cpu is None or not r.requests:
+            continue
+        per = 1000 / (r.cpu.seconds * r.rps)  # core-seconds over the window -> ms per request
+        raw = f"{cores * 1000 / nearby[name]:.2f}" if name in nearby else "-"
+        lines.append(
+            f"| {name} | {r.rps:.1f} | {r.cpu.event_loop * per:.2f} | {r.cpu.other_threads * per:.2f} | "
+            f"{r.cpu.load_generator * per:.2f} | {r.cpu.idle * per:.2f} | {raw} |"
+        )
+    return lines
 
 
 def render(
@@ -726,6 +820,7 @@ def render(
     duration: float,
     rounds: int,
     load_rounds: int,
+    cores: int,
 ) -> str:
     n_engine, tokens, flops, peak, peak_how, matmul, matmul_bf16 = ceiling
     ref = loads["reference"]
@@ -782,6 +877,7 @@ def render(
             f"p50 at {one} client {single.percentile(50):.1f} ms vs the reference's "
             f"{ref[one].percentile(50):.1f} ms"
         )
+    lines += cpu_lines(loads, nearby, top, cores)
     fp32 = engines.get("fp32", {})
     # The issue's ceiling is the measured matmul; the peak (cores x clock x FLOP per cycle) is shown
     # beside it, since a CPU whose GEMM library does not reach it (Zen 5 here) is not the engine's doing.
