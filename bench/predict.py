@@ -36,6 +36,7 @@ import numpy as np
 import uvloop
 from seqeval.metrics import f1_score
 
+from bench.proc import cpu_seconds
 from shared.cli.embedded_redis import free_port
 from shared.core.config import bundled_base_model, get_settings
 from shared.predict.engine import EngineOptions, NerEngine
@@ -241,24 +242,18 @@ class CpuClock:
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
-        self.tick = os.sysconf("SC_CLK_TCK")
 
     def read(self) -> tuple[float, float, float, float, float]:
         main = others = 0.0
-        for tid in os.listdir(f"/proc/{self.pid}/task"):
-            try:
-                with open(f"/proc/{self.pid}/task/{tid}/stat") as stat:
-                    fields = stat.read().rpartition(")")[2].split()
-            except OSError:  # the thread ended meanwhile
-                continue
-            used = (int(fields[11]) + int(fields[12])) / self.tick  # utime + stime
-            if int(tid) == self.pid:
+        for stat in Path(f"/proc/{self.pid}/task").glob("*/stat"):
+            used = cpu_seconds(stat)  # 0 for a thread that ended meanwhile
+            if stat.parent.name == str(self.pid):
                 main += used
             else:
                 others += used
         own = os.times()
         with open("/proc/stat") as stat:
-            idle = int(stat.readline().split()[4]) / self.tick
+            idle = int(stat.readline().split()[4]) / os.sysconf("SC_CLK_TCK")
         return main, others, own.user + own.system, idle, time.perf_counter()
 
     def since(self, before: tuple[float, float, float, float, float]) -> CpuUse:

@@ -36,6 +36,7 @@ import redis
 
 from bench.jobs import default_model, private_services, start_gateway
 from bench.predict import LoadResult, _load
+from bench.proc import cpu_seconds
 from bench.report import write_section
 from shared.core.config import get_settings
 from shared.core.db import get_sessionmaker, reset_engine
@@ -146,15 +147,6 @@ def rerun_at_scale(documents: int) -> dict[str, float | int]:
     if seqs != expected:
         raise SystemExit(f"the diff listed {len(seqs)} documents; the direct comparison {len(expected)}")
     return {"documents": documents, "changed": len(seqs), "copy_s": copy_s, "diff_s": diff_s}
-
-
-def cpu_seconds(stat: Path) -> float:
-    """User+system CPU seconds so far of a process (``/proc/PID/stat``) or a thread (``task/TID/stat``)."""
-    try:
-        fields = stat.read_text().rsplit(")", 1)[1].split()
-    except OSError:  # a thread that is not there (yet)
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def sender_stat(pid: int) -> Path | None:
