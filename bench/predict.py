@@ -474,7 +474,8 @@ OWN_CORES_ENV = {"GOMP_SPINCOUNT": "1000"}
 # Earlier runs' figures, shown next to this run's, oldest first. 2026-11-30 19:45 on an AVX2 KVM guest
 # before passes ran in lanes and small ones on one thread; 2026-12-01 02:28 on a Zen 5 KVM guest
 # (AVX-512, native bf16, VNNI); 05:26 on a Zen 4 KVM guest (AVX-512, native bf16, VNNI), the same
-# engine and gateway code as 02:28. Within one run, ``fp32 padded`` is the before and after on the
+# engine and gateway code as 02:28; 08:21 the same code on the same kind of guest, before the lean
+# ``POST /predict/`` (gateway/fastpath.py). Within one run, ``fp32 padded`` is the before and after on the
 # same cores.
 PREVIOUS_RUNS: list[dict] = [
     {
@@ -516,6 +517,20 @@ PREVIOUS_RUNS: list[dict] = [
         "gateway int8": {1: (114.4, 8, 16), 32: (470.4, 68, 114)},
         "gateway int8, own cores": {1: (126.6, 7, 15), 32: (486.4, 66, 107)},
         "matmul_share_fp32": 0.81,
+    },
+    {
+        "date": "2026-12-01 08:21, Zen 4 KVM guest",
+        "engine": {"fp32": 394, "bf16": 654, "int8": 746},
+        "documents": {"fp32": (15.63, 4044), "bf16": (30.57, 7913), "int8": (26.05, 6742)},
+        "f1": {"fp32": 0.8835, "bf16": 0.8831, "int8": 0.8826},
+        "reference": {1: (64.2, 14, 29), 32: (51.1, 606, 1114)},
+        "gateway fp32": {1: (71.5, 13, 27), 32: (297.6, 112, 176)},
+        "gateway fp32, own cores": {1: (79.5, 11, 25), 32: (294.4, 109, 191)},
+        "gateway bf16": {1: (97.7, 10, 18), 32: (428.8, 75, 114)},
+        "gateway bf16, own cores": {1: (101.2, 9, 17), 32: (444.8, 73, 121)},
+        "gateway int8": {1: (135.3, 7, 14), 32: (476.8, 68, 115)},
+        "gateway int8, own cores": {1: (116.4, 8, 16), 32: (492.8, 64, 113)},
+        "matmul_share_fp32": 0.82,
     },
 ]
 

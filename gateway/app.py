@@ -9,6 +9,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from gateway import errors, prediction
+from gateway.fastpath import PredictFastPath
 from gateway.guard import BodyGuardMiddleware
 from gateway.middleware import RequestContextMiddleware
 from gateway.openapi import document_errors
@@ -58,7 +59,10 @@ def create_app() -> FastAPI:
     app.include_router(labelstudio.router)  # Label Studio's ML backend
     app.include_router(docs.router)  # /docs and /redoc, offline
     app.include_router(ui.router)  # the web UI at / and /static: open without a key
-    # The key before the body, and a byte cap on every body (innermost of the three).
+    # Plain POST /predict/ requests answered past FastAPI's per-request layers (innermost: after
+    # the body guard, the request id and the metrics).
+    app.add_middleware(PredictFastPath)
+    # The key before the body, and a byte cap on every body.
     app.add_middleware(BodyGuardMiddleware)
     if settings.cors_origins:  # empty by default: no cross-origin caller is allowed
         app.add_middleware(

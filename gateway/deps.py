@@ -20,6 +20,7 @@ import anyio
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
+from starlette.types import Scope
 
 from shared.core.config import Settings, get_settings
 from shared.core.db import get_sessionmaker
@@ -258,28 +259,40 @@ def require_scope(scope: str, *, rate_limited: bool | None = None) -> Callable[.
     wanted = ApiKeyScope(scope)
 
     async def dependency(request: Request, header_key: ApiKeyHeaderDep, bearer: BearerDep) -> Principal:
-        settings = get_settings()
-        if settings.auth == "off":
-            principal = Principal(key_id=None, scope=ApiKeyScope.admin)
-        else:
-            # Routes with a body were authenticated by the body guard before the body was read.
-            principal = getattr(request.state, "principal", None)
-            if not isinstance(principal, Principal) or principal.key_id is None:
-                client = request.client.host if request.client else None
-                presented = header_key or (bearer.credentials if bearer else None)
-                principal = await authenticate_async(presented, address=client, settings=settings)
-            request.state.principal = principal  # the access log names the key (prefix) from here on
-            if not principal.is_admin and principal.scope != wanted:
-                raise Forbidden(
-                    f"this API key has scope {principal.scope.value!r}; this route needs {scope!r}"
-                )
-            limited = rate_limited
-            if limited is None:
-                template = getattr(request.scope.get("route"), "path", request.url.path)
-                limited = is_rate_limited_route(request.method, template)
-            if limited:
-                await charge_async(principal, settings)
-        request.state.principal = principal
-        return principal
+        limited = rate_limited
+        if limited is None:
+            template = getattr(request.scope.get("route"), "path", request.url.path)
+            limited = is_rate_limited_route(request.method, template)
+        return await admit(
+            request.scope,
+            presented=header_key or (bearer.credentials if bearer else None),
+            wanted=wanted,
+            limited=limited,
+        )
 
     return dependency
+
+
+async def admit(scope: Scope, *, presented: str | None, wanted: ApiKeyScope, limited: bool) -> Principal:
+    """``require_scope``'s check for the request of ``scope``, whose ``presented`` key (if any) the
+    body guard may have checked already; the principal is kept in the request's state."""
+    settings = get_settings()
+    state = scope.setdefault("state", {})
+    if settings.auth == "off":
+        state["principal"] = principal = Principal(key_id=None, scope=ApiKeyScope.admin)
+        return principal
+    # Routes with a body were authenticated by the body guard before the body was read.
+    principal = state.get("principal")
+    if not isinstance(principal, Principal) or principal.key_id is None:
+        client = scope.get("client")
+        principal = await authenticate_async(
+            presented, address=client[0] if client else None, settings=settings
+        )
+    state["principal"] = principal  # the access log names the key (prefix) from here on
+    if not principal.is_admin and principal.scope != wanted:
+        raise Forbidden(
+            f"this API key has scope {principal.scope.value!r}; this route needs {wanted.value!r}"
+        )
+    if limited:
+        await charge_async(principal, settings)
+    return principal

@@ -9,7 +9,7 @@ plain ASGI in front of the routes:
 - every route has a byte cap, checked on ``Content-Length`` at once and on the bytes actually
   streamed (chunked bodies), either way 413 naming the cap;
 - a JSON body is parsed by orjson (several times faster than ``json``), and one over
-  ``_PARSE_OFF_LOOP_BYTES`` in a worker thread, so a large body does not stall every other request.
+  ``PARSE_OFF_LOOP_BYTES`` in a worker thread, so a large body does not stall every other request.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ _FRAMING = 1 << 20  # JSON punctuation, multipart boundaries and part headers ar
 _JSON_BYTES_PER_CHAR = 12
 # Bodies above this many bytes are parsed in a worker thread (orjson reads ~1 GB/s of text here:
 # 64 KB is well under a millisecond inline; a 12 MB batch would hold the event loop ~10 ms).
-_PARSE_OFF_LOOP_BYTES = 64 * 1024
+PARSE_OFF_LOOP_BYTES = 64 * 1024
 _LONG_DIGITS = re.compile(rb"\d{19,}")  # a number that may not fit 64 bits (or digits in a text)
 
 
@@ -57,7 +57,7 @@ async def _request_json(self: Request) -> Any:
     """Starlette's ``Request.json``, parsed by ``parse_json``; large bodies off the event loop."""
     if not hasattr(self, "_json"):
         body = await self.body()
-        if len(body) > _PARSE_OFF_LOOP_BYTES:
+        if len(body) > PARSE_OFF_LOOP_BYTES:
             self._json = await anyio.to_thread.run_sync(parse_json, body)
         else:
             self._json = parse_json(body)

@@ -110,6 +110,14 @@ async def get_batcher(request: Request) -> Batcher:
 BatcherDep = Annotated[Batcher, Depends(get_batcher)]
 
 
+def key_concurrency(app: FastAPI, settings: Settings) -> KeyConcurrency:
+    """The app's per-key cap on predict requests in flight (made on first use)."""
+    state = app.state
+    if getattr(state, "predict_concurrency", None) is None:
+        state.predict_concurrency = KeyConcurrency(settings.predict_max_concurrent_per_key)
+    return state.predict_concurrency
+
+
 async def choose_model(provider: ModelProvider, model_version: int | None) -> ServedModel:
     """The model that answers: the pinned registry version (loaded in the background if needed,
     404 when it does not exist), else the active one. Awaiting a load never blocks other requests."""

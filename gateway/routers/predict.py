@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Request
 
 from gateway.deps import Principal, SettingsDep, require_scope
 from gateway.limits import KeyConcurrency
-from gateway.prediction import BatcherDep, recognise
+from gateway.prediction import BatcherDep, key_concurrency, recognise
 from shared.predict.options import apply_options
 from shared.predict.schemas import (
     BatchPredictRequest,
@@ -37,10 +37,7 @@ _ERRORS = {
 
 async def _concurrency(request: Request, settings: SettingsDep) -> KeyConcurrency:
     # async: a plain ``def`` dependency would cost a thread-pool hop per request.
-    state = request.app.state
-    if getattr(state, "predict_concurrency", None) is None:
-        state.predict_concurrency = KeyConcurrency(settings.predict_max_concurrent_per_key)
-    return state.predict_concurrency
+    return key_concurrency(request.app, settings)
 
 
 ConcurrencyDep = Annotated[KeyConcurrency, Depends(_concurrency)]
