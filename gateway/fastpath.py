@@ -23,13 +23,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gateway.deps import admit
 from gateway.errors import service_error
 from gateway.guard import PARSE_OFF_LOOP_BYTES, parse_json
-from gateway.prediction import key_concurrency, recognise
+from gateway.prediction import key_concurrency
 from gateway.routers import predict as predict_routes
 from shared.core.config import get_settings
 from shared.core.errors import ServiceError
 from shared.core.tables import ApiKeyScope
-from shared.predict.options import apply_options
-from shared.predict.schemas import PredictRequest, PredictResponse
+from shared.predict.schemas import PredictRequest
 
 PATH = "/predict/"
 _ROUTE = next(route for route in predict_routes.router.routes if getattr(route, "path", None) == PATH)
@@ -54,31 +53,22 @@ class PredictFastPath:
             return
         scope["route"] = _ROUTE  # as the router would set it: the metrics label requests by it
         try:
-            body = await _predict(scope, request)
+            answer = await _predict(scope, request)
         except ServiceError as exc:
             await (await service_error(Request(scope), exc))(scope, receive, send)  # the app's handler
             return
-        await send({"type": "http.response.start", "status": 200, "headers": _headers(len(body))})
-        await send({"type": "http.response.body", "body": body})
+        await send({"type": "http.response.start", "status": 200, "headers": _headers(len(answer))})
+        await send({"type": "http.response.body", "body": answer})
 
 
 async def _predict(scope: Scope, request: PredictRequest) -> bytes:
-    """What the route does (routers/predict.py), its dependencies included."""
+    """The route's function, given what its dependencies would have resolved."""
     settings = get_settings()
     app = scope["app"]
     principal = await admit(scope, presented=None, wanted=ApiKeyScope.predict, limited=True)
-    served, results = await recognise(
-        [request.text],
-        batcher=app.state.batcher,
-        settings=settings,
-        principal=principal,
-        concurrency=key_concurrency(app, settings),
-        field="text",
-        model_version=request.model_version,
-        options=request,
-    )
-    entities = apply_options(request.text, results[0], request)
-    return PredictResponse(entities=entities, model_version=served.version).model_dump_json().encode()
+    concurrency = key_concurrency(app, settings)
+    response = await predict_routes.predict(request, app.state.batcher, settings, principal, concurrency)
+    return response.model_dump_json().encode()
 
 
 def _is_predict_json(scope: Scope) -> bool:
