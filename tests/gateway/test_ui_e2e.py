@@ -697,16 +697,14 @@ def test_4_phone_width_has_no_sideways_page_scroll(
     # A hash change: the app shows the panel on its hashchange event, a task after goto returns.
     expect(page.locator('[data-panel="models"]')).to_be_visible()
     page.wait_for_load_state("networkidle")
-    buttons = "#models-table button[data-action=activate]"
-    expect(page.locator(buttons).first).to_be_visible()
-    # Measured in one task of the page: a refresh that replaces the rows between finding a button
-    # and measuring it would otherwise measure a detached one.
-    edges = page.eval_on_selector_all(
-        buttons, "bs => bs.map(b => { const r = b.getBoundingClientRect(); return [r.width, r.right]; })"
-    )
-    assert edges, "no version to activate is listed"
-    for width, right in edges:
-        assert width > 0 and right <= 390, f"an Activate button spans to {right} px at 390 px"
+    # The buttons' right edges once every one is laid out (the rows re-render as the tab's requests
+    # come back), found and measured in one task of the page: a re-render cannot come in between.
+    rights = page.wait_for_function(
+        "sel => { const rs = [...document.querySelectorAll(sel)].map(b => b.getBoundingClientRect());"
+        " return rs.length > 0 && rs.every(r => r.width > 0) && rs.map(r => r.right); }",
+        arg="#models-table button[data-action=activate]",
+    ).json_value()
+    assert all(right <= 390 for right in rights), f"Activate buttons end at {rights} px at 390 px"
     context.close()
 
 
